@@ -1,0 +1,1 @@
+//! Benchmarks of uml-switch; see `benches/` for the criterion suites.

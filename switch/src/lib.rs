@@ -1,0 +1,2 @@
+//! uml-switch daemon (work in progress).
+pub mod cli;
