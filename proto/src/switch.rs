@@ -41,7 +41,7 @@ impl Default for SwitchConfig {
             max_ports: 256,
             hub: false,
             fdb: FdbConfig::default(),
-            hash_seed: 0x5eed_0f_0ab1e,
+            hash_seed: 0x05ee_d0f0_ab1e,
         }
     }
 }

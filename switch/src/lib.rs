@@ -1,2 +1,97 @@
-//! uml-switch daemon (work in progress).
+//! uml-switch: a userspace Ethernet switch for User-Mode-Linux, vde2 and
+//! QEMU clients.
+//!
+//! The daemon is two threads:
+//! - the control plane ([`control`], tokio, current-thread) accepts
+//!   clients on the control socket and performs their handshakes;
+//! - the data plane ([`dataplane`], one thread) owns the forwarding core
+//!   from `uml-switch-proto`, every port's socket and the frame buffers, and
+//!   moves frames in batches.
+//!
+//! They talk through messages only ([`dataplane::ControlMsg`]); no lock
+//! guards the forwarding table. [`run`] wires them together; `main.rs`
+//! only parses the command line ([`cli`]).
+#![deny(unsafe_code)]
+
 pub mod cli;
+pub mod config;
+pub mod control;
+pub mod dataplane;
+mod error;
+mod sys;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+pub use config::Config;
+pub use error::Error;
+
+use control::ControlSocket;
+use dataplane::{ControlMsg, DataplaneHandle, PortInfo, PortIo};
+
+/// Runs the switch until SIGINT or SIGTERM; returns after removing the
+/// control socket.
+pub fn run(config: Config) -> Result<(), Error> {
+    config.validate()?;
+    let hash_seed = RandomState::new().build_hasher().finish();
+    let (dataplane, thread) = dataplane::spawn(config.switch_config(hash_seed))
+        .map_err(|e| Error::os("cannot start the data plane", e))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::os("cannot start the control plane", e))?;
+    let result = runtime.block_on(serve(&config, &dataplane));
+    drop(runtime);
+    let _ = dataplane.send(ControlMsg::Shutdown);
+    let _ = thread.join();
+    result
+}
+
+async fn serve(config: &Config, dataplane: &DataplaneHandle) -> Result<(), Error> {
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::os("cannot handle SIGTERM", e))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| Error::os("cannot handle SIGINT", e))?;
+    for name in &config.taps {
+        attach_tap(dataplane, name).await?;
+    }
+    let control = ControlSocket::bind(&config.sock)?;
+    info!(
+        "uml-switch {} listening on {} ({} mode, {} ports); UML: eth0=daemon,,unix,{}",
+        env!("CARGO_PKG_VERSION"),
+        control.path().display(),
+        if config.hub { "hub" } else { "switch" },
+        config.max_ports,
+        control.path().display(),
+    );
+    tokio::select! {
+        result = control.serve(dataplane.clone(), config.handshake_timeout) => result?,
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => info!("SIGINT: shutting down"),
+    }
+    Ok(())
+}
+
+async fn attach_tap(dataplane: &DataplaneHandle, name: &str) -> Result<(), Error> {
+    let tap_error = |source: std::io::Error| Error::Tap {
+        name: name.into(),
+        hint: error::tap_hint(&source),
+        source,
+    };
+    let iface = tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tap).map_err(tap_error)?;
+    iface.set_non_blocking().map_err(tap_error)?;
+    let info = PortInfo {
+        transport: "tap",
+        peer: iface.name().to_owned(),
+        description: String::new(),
+    };
+    dataplane
+        .add_port(None, PortIo::Tap(iface), info)
+        .await
+        .map_err(|e| Error::os("the data plane stopped", e))?
+        .map_err(|e| Error::Config(format!("tap `{name}`: {e}")))?;
+    Ok(())
+}

@@ -110,6 +110,24 @@ impl SockaddrUn {
         }
     }
 
+    /// True if `received`, a source address as `recvfrom`/`recvmmsg`
+    /// returned it (its first `addrlen` bytes), names this address.
+    /// Pathnames compare by the length the kernel returned (it may or may
+    /// not count the NUL); abstract names compare all 110 bytes.
+    pub fn matches_received(&self, received: &[u8]) -> bool {
+        if received.len() < 3 || received[..2] != self.0[..2] {
+            return false;
+        }
+        match self.kind() {
+            SockaddrKind::Abstract(_) => received == &self.0[..],
+            SockaddrKind::Pathname(path) => {
+                let got = &received[2..];
+                let got = &got[..got.iter().position(|&b| b == 0).unwrap_or(got.len())];
+                got == path
+            }
+        }
+    }
+
     /// The raw 110 bytes.
     pub fn as_bytes(&self) -> &[u8; SOCKADDR_UN_LEN] {
         &self.0
@@ -174,6 +192,26 @@ mod tests {
         ));
         assert!(SockaddrUn::pathname(b"a\0b").is_err());
         assert!(SockaddrUn::abstract_name(&[1; 108]).is_err());
+    }
+
+    #[test]
+    fn received_addresses_match_by_kind() {
+        let path = SockaddrUn::pathname(b"/tmp/c").unwrap();
+        let mut got = AF_UNIX.to_ne_bytes().to_vec();
+        got.extend_from_slice(b"/tmp/c");
+        assert!(path.matches_received(&got));
+        got.push(0);
+        assert!(path.matches_received(&got));
+        assert!(!path.matches_received(&got[..got.len() - 2]));
+        assert!(!path.matches_received(&got[..2]));
+        let mut name = [7u8; 107];
+        name[0] = 1;
+        let abs = SockaddrUn::abstract_name(&name).unwrap();
+        assert!(abs.matches_received(abs.as_bytes()));
+        assert!(!abs.matches_received(&abs.as_bytes()[..109]));
+        let mut other = *abs.as_bytes();
+        other[109] ^= 1;
+        assert!(!abs.matches_received(&other));
     }
 
     #[test]

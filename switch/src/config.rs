@@ -1,0 +1,87 @@
+//! The switch's configuration, as the command line gives it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use uml_switch_proto::{FdbConfig, SwitchConfig};
+
+/// Everything `run` needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The control socket UML is given in `eth0=daemon,,unix,PATH`.
+    pub sock: PathBuf,
+    /// Host tap interfaces to attach, each as a port.
+    pub taps: Vec<String>,
+    /// Hub mode: flood every frame, learn nothing.
+    pub hub: bool,
+    /// Ports are numbered 0 to `max_ports - 1`.
+    pub max_ports: u32,
+    /// The most MAC addresses the forwarding table holds.
+    pub fdb_size: usize,
+    /// How long a learned address lives without traffic.
+    pub fdb_age: Duration,
+    /// How long an address stays on its port when it shows up on another.
+    pub fdb_min_persistence: Duration,
+    /// How long a client may take to send its request.
+    pub handshake_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults, with the given control socket.
+    pub fn new(sock: impl Into<PathBuf>) -> Self {
+        let fdb = FdbConfig::default();
+        Config {
+            sock: sock.into(),
+            taps: Vec::new(),
+            hub: false,
+            max_ports: SwitchConfig::default().max_ports,
+            fdb_size: fdb.max_entries,
+            fdb_age: fdb.ageing,
+            fdb_min_persistence: fdb.min_persistence,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The forwarding core's configuration.
+    pub fn switch_config(&self, hash_seed: u64) -> SwitchConfig {
+        SwitchConfig {
+            max_ports: self.max_ports,
+            hub: self.hub,
+            fdb: FdbConfig {
+                max_entries: self.fdb_size,
+                ageing: self.fdb_age,
+                min_persistence: self.fdb_min_persistence,
+            },
+            hash_seed,
+        }
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        if self.max_ports < 2 {
+            return Err(crate::Error::Config(format!(
+                "--max-ports {} is too small: a switch needs at least 2 ports",
+                self.max_ports
+            )));
+        }
+        if self.taps.len() >= self.max_ports as usize {
+            return Err(crate::Error::Config(format!(
+                "{} taps do not fit in {} ports (port 0 is reserved): raise --max-ports",
+                self.taps.len(),
+                self.max_ports
+            )));
+        }
+        if self.fdb_size == 0 {
+            return Err(crate::Error::Config("--fdb-size must be at least 1".into()));
+        }
+        if let Some(dup) = self
+            .taps
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| self.taps[..i].contains(t).then_some(t))
+        {
+            return Err(crate::Error::Config(format!("--tap {dup} is given twice")));
+        }
+        Ok(())
+    }
+}
