@@ -66,6 +66,9 @@ pub enum SwitchError {
     /// The port exists already.
     #[error("port {0} is already in use")]
     PortInUse(PortId),
+    /// Every port number is taken.
+    #[error("all {max} ports are in use (raise --max-ports)")]
+    NoFreePort { max: u32 },
 }
 
 /// Counters that belong to the switch as a whole.

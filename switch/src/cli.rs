@@ -96,6 +96,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match crate::run(cli.config()) {
         Ok(()) => ExitCode::SUCCESS,

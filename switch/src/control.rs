@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uml_switch_proto::wire::{
     Request, RequestError, RequestKind, SockaddrKind, SockaddrUn, MAX_REQUEST_LEN,
     REQUEST_HEADER_LEN,
@@ -170,7 +170,7 @@ enum HandshakeError {
     #[error("{0}")]
     DataSocket(String),
     #[error("no port for it: {0}")]
-    NoPort(uml_switch_proto::SwitchError),
+    NoPort(crate::dataplane::AddPortError),
     #[error("the switch is shutting down")]
     Stopping,
 }
@@ -196,6 +196,11 @@ impl Client {
     ) {
         let port = match self.handshake(&dataplane, handshake_timeout).await {
             Ok(port) => port,
+            Err(HandshakeError::HungUp(0)) => {
+                // A liveness probe (another switch starting, a test harness).
+                debug!("control connection ({}) closed without a request", self.who);
+                return;
+            }
             Err(e) => {
                 warn!("control connection ({}) refused: {e}; closing it", self.who);
                 return;

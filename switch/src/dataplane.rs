@@ -84,6 +84,17 @@ pub struct PortInfo {
     pub description: String,
 }
 
+/// Why the data plane did not add a port.
+#[derive(Debug, thiserror::Error)]
+pub enum AddPortError {
+    /// The forwarding core refused the number.
+    #[error(transparent)]
+    Switch(SwitchError),
+    /// epoll would not watch the port's descriptor.
+    #[error("cannot watch its descriptor: {0}")]
+    Watch(io::Error),
+}
+
 /// Messages from the control plane.
 pub enum ControlMsg {
     /// Attach a port. `port: None` takes the first free number.
@@ -91,7 +102,7 @@ pub enum ControlMsg {
         port: Option<PortId>,
         io: PortIo,
         info: PortInfo,
-        reply: oneshot::Sender<Result<PortId, SwitchError>>,
+        reply: oneshot::Sender<Result<PortId, AddPortError>>,
     },
     /// Detach a port (its client hung up).
     RemovePort { port: PortId },
@@ -125,7 +136,7 @@ impl DataplaneHandle {
         port: Option<PortId>,
         io: PortIo,
         info: PortInfo,
-    ) -> io::Result<Result<PortId, SwitchError>> {
+    ) -> io::Result<Result<PortId, AddPortError>> {
         let (reply, answer) = oneshot::channel();
         self.send(ControlMsg::AddPort {
             port,
@@ -301,28 +312,24 @@ impl Dataplane {
         port: Option<PortId>,
         io: PortIo,
         info: PortInfo,
-    ) -> Result<PortId, SwitchError> {
+    ) -> Result<PortId, AddPortError> {
         let max = self.switch.config().max_ports;
         let id = match port {
             Some(id) => id,
             None => self
                 .switch
                 .first_free_port()
-                .ok_or(SwitchError::PortOutOfRange {
-                    port: PortId(max),
-                    max,
-                })?,
+                .ok_or(AddPortError::Switch(SwitchError::NoFreePort { max }))?,
         };
-        self.switch.add_port(id)?;
+        self.switch.add_port(id).map_err(AddPortError::Switch)?;
         let raw = io.fd().as_raw_fd();
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&raw),
             Token(id.index()),
             Interest::READABLE,
         ) {
-            warn!("port {id}: cannot watch its socket ({e}); port not added");
             self.switch.remove_port(id);
-            return Err(SwitchError::PortInUse(id));
+            return Err(AddPortError::Watch(e));
         }
         info!(port = id.0, transport = info.transport, peer = %info.peer, description = %info.description, "port connected");
         self.ports[id.index()] = Some(Port {
