@@ -55,8 +55,12 @@ struct Bench {
 
 impl Bench {
     fn start() -> Bench {
+        Bench::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> Bench {
         Bench {
-            switch: SwitchProcess::start(&[]),
+            switch: SwitchProcess::start(args),
         }
     }
 
@@ -309,6 +313,24 @@ fn learned_unicast_reaches_exactly_its_port() {
     a.send_frame(&to_c).expect("send");
     bench.expect_frame(&c, &to_c, "C");
     bench.expect_silence(&b, "B");
+}
+
+#[test]
+fn hub_mode_floods_even_learned_unicast() {
+    let bench = Bench::start_with(&["--hub"]);
+    let a = bench.attach(DataSocketKind::Abstract);
+    let b = bench.attach(DataSocketKind::Pathname);
+    let c = bench.attach(DataSocketKind::Abstract);
+    // B announces itself; a switch would now send frames for B to B only.
+    let hello_b = tagged_frame(BROADCAST, mac(B), 30);
+    b.send_frame(&hello_b).expect("send");
+    bench.expect_frame(&a, &hello_b, "A");
+    bench.expect_frame(&c, &hello_b, "C");
+    let to_b = tagged_frame(mac(B), mac(A), 31);
+    a.send_frame(&to_b).expect("send");
+    bench.expect_frame(&b, &to_b, "B");
+    bench.expect_frame(&c, &to_b, "C (hub mode floods)");
+    bench.expect_silence(&a, "A (the sender)");
 }
 
 #[test]
