@@ -50,7 +50,9 @@ pub enum Learned {
     /// A new entry.
     New,
     /// An existing entry on the same port, its time refreshed.
-    Refreshed,
+    /// `announce` is true at most once per [`ANNOUNCE_INTERVAL`] per entry:
+    /// when replicas of the table elsewhere should hear of the refresh.
+    Refreshed { announce: bool },
     /// The MAC moved here from `from`.
     Moved { from: PortId },
     /// The MAC was seen on `owner` too recently to move; nothing changed.
@@ -61,10 +63,16 @@ pub enum Learned {
     GroupSource,
 }
 
+/// How often a refresh of a live entry is worth telling other replicas of
+/// the table about (see [`Learned::Refreshed`]).
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     port: PortId,
     last_seen: Timestamp,
+    /// When this entry was last new, moved or announced as refreshed.
+    announced: Timestamp,
 }
 
 /// A key packs the 12-bit VLAN id above the 48-bit MAC.
@@ -119,6 +127,16 @@ pub struct Fdb {
     last_sweep: Option<Timestamp>,
 }
 
+impl Entry {
+    fn new(port: PortId, now: Timestamp) -> Self {
+        Entry {
+            port,
+            last_seen: now,
+            announced: now,
+        }
+    }
+}
+
 impl Fdb {
     /// An empty table. `hash_seed` should be random (the daemon draws it
     /// from the OS); tests may fix it.
@@ -151,38 +169,57 @@ impl Fdb {
             let age = now.saturating_since(entry.last_seen);
             if entry.port == port {
                 entry.last_seen = now;
-                return Learned::Refreshed;
+                let announce = now.saturating_since(entry.announced) >= ANNOUNCE_INTERVAL;
+                if announce {
+                    entry.announced = now;
+                }
+                return Learned::Refreshed { announce };
             }
             if age < min_persistence && age < ageing {
                 return Learned::MoveRefused { owner: entry.port };
             }
             let from = entry.port;
-            *entry = Entry {
-                port,
-                last_seen: now,
-            };
+            *entry = Entry::new(port, now);
             return if age < ageing {
                 Learned::Moved { from }
             } else {
                 Learned::New
             };
         }
-        if self.entries.len() >= self.config.max_entries {
-            let swept_recently = self
-                .last_sweep
-                .is_some_and(|t| now.saturating_since(t) < Duration::from_secs(1));
-            if swept_recently || self.expire(now) == 0 {
-                return Learned::TableFull;
-            }
+        if !self.make_room(now) {
+            return Learned::TableFull;
         }
-        self.entries.insert(
-            k,
-            Entry {
-                port,
-                last_seen: now,
-            },
-        );
+        self.entries.insert(k, Entry::new(port, now));
         Learned::New
+    }
+
+    /// Applies what another replica of the table learned: `mac` on `vlan`
+    /// is on `port` as of `now`. No hysteresis (the replica that saw the
+    /// frame applied it); the size cap holds. Returns false if the table
+    /// was full.
+    pub fn learn_remote(&mut self, now: Timestamp, vlan: u16, mac: MacAddr, port: PortId) -> bool {
+        let k = key(vlan, mac);
+        if let Some(entry) = self.entries.get_mut(&k) {
+            *entry = Entry::new(port, now);
+            return true;
+        }
+        if !self.make_room(now) {
+            return false;
+        }
+        self.entries.insert(k, Entry::new(port, now));
+        true
+    }
+
+    /// True if one more entry fits, after reclaiming expired entries if the
+    /// table is full (at most one sweep per second).
+    fn make_room(&mut self, now: Timestamp) -> bool {
+        if self.entries.len() < self.config.max_entries {
+            return true;
+        }
+        let swept_recently = self
+            .last_sweep
+            .is_some_and(|t| now.saturating_since(t) < Duration::from_secs(1));
+        !swept_recently && self.expire(now) > 0
     }
 
     /// The port `mac` on `vlan` was last seen on, unless that has aged out.
@@ -262,7 +299,15 @@ mod tests {
         assert_eq!(t.lookup(Timestamp::ZERO, 0, mac(1)), Some(P1));
         assert_eq!(
             t.learn(Timestamp::from_secs(10), 0, mac(1), P1),
-            Learned::Refreshed
+            Learned::Refreshed { announce: true }
+        );
+        assert_eq!(
+            t.learn(Timestamp::from_millis(10_500), 0, mac(1), P1),
+            Learned::Refreshed { announce: false }
+        );
+        assert_eq!(
+            t.learn(Timestamp::from_secs(11), 0, mac(1), P1),
+            Learned::Refreshed { announce: true }
         );
         assert_eq!(t.lookup(Timestamp::from_secs(10), 0, mac(2)), None);
     }
@@ -354,7 +399,7 @@ mod tests {
         // Known entries still refresh while full.
         assert_eq!(
             t.learn(Timestamp::from_secs(100), 0, mac(2), P1),
-            Learned::Refreshed
+            Learned::Refreshed { announce: true }
         );
         // Once mac(1) has aged out, a new entry can take its place.
         assert_eq!(
@@ -364,6 +409,21 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t.lookup(Timestamp::from_secs(301), 0, mac(3)), Some(P2));
         assert_eq!(t.lookup(Timestamp::from_secs(301), 0, mac(2)), Some(P1));
+    }
+
+    #[test]
+    fn remote_learning_skips_hysteresis_but_keeps_the_cap() {
+        let config = FdbConfig {
+            max_entries: 1,
+            ..FdbConfig::default()
+        };
+        let mut t = Fdb::new(config, 3);
+        assert!(t.learn_remote(Timestamp::ZERO, 0, mac(1), P1));
+        // Moves at once: the replica that saw the frame decided.
+        assert!(t.learn_remote(Timestamp::from_millis(10), 0, mac(1), P2));
+        assert_eq!(t.lookup(Timestamp::from_millis(10), 0, mac(1)), Some(P2));
+        assert!(!t.learn_remote(Timestamp::from_millis(20), 0, mac(2), P2));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -33,6 +33,7 @@
 pub mod fdb;
 pub mod frame;
 pub mod mac;
+pub mod port_numbers;
 pub mod stats;
 pub mod switch;
 pub mod time;
@@ -41,6 +42,7 @@ pub mod wire;
 pub use fdb::{Fdb, FdbConfig};
 pub use frame::{EthFrame, FrameError, MAX_FRAME_LEN, MIN_FRAME_LEN};
 pub use mac::MacAddr;
+pub use port_numbers::PortNumbers;
 pub use stats::{DropReason, PortStats};
-pub use switch::{PortId, Switch, SwitchConfig, SwitchError, Verdict};
+pub use switch::{Announcement, PortId, Switch, SwitchConfig, SwitchError, SwitchStats, Verdict};
 pub use time::Timestamp;

@@ -87,6 +87,29 @@ impl PortStats {
         self.drops[reason.index()] += n;
     }
 
+    /// Adds `other`'s counts to these (one port counted in several places).
+    pub fn merge(&mut self, other: &PortStats) {
+        self.rx_frames += other.rx_frames;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_frames += other.tx_frames;
+        self.tx_bytes += other.tx_bytes;
+        for (mine, theirs) in self.drops.iter_mut().zip(other.drops) {
+            *mine += theirs;
+        }
+    }
+
+    /// A short summary for logs: frames each way and drops by reason.
+    pub fn summary(&self) -> String {
+        let mut text = format!("rx {} frames, tx {} frames", self.rx_frames, self.tx_frames);
+        for reason in DropReason::ALL {
+            let n = self.drops_for(reason);
+            if n > 0 {
+                text.push_str(&format!(", {} {}", n, reason.as_str()));
+            }
+        }
+        text
+    }
+
     /// The number of drops for `reason`.
     pub fn drops_for(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()]

@@ -2,6 +2,7 @@
 
 use crate::fdb::{Fdb, FdbConfig, Learned};
 use crate::frame::{EthFrame, FrameError};
+use crate::mac::MacAddr;
 use crate::stats::{DropReason, PortStats};
 use crate::time::Timestamp;
 
@@ -33,6 +34,21 @@ pub struct SwitchConfig {
     pub fdb: FdbConfig,
     /// Seed of the forwarding database's hash (should be random).
     pub hash_seed: u64,
+    /// Record what is learned as [`Announcement`]s, for replicas of the
+    /// table in other threads ([`Switch::drain_announcements`]).
+    pub announce_learning: bool,
+}
+
+/// Something one replica of the forwarding table learned that the others
+/// should apply with [`Switch::apply_announcement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement {
+    /// The VLAN the address was seen on.
+    pub vlan: u16,
+    /// The source address.
+    pub mac: MacAddr,
+    /// The port it was seen on.
+    pub port: PortId,
 }
 
 impl Default for SwitchConfig {
@@ -42,6 +58,7 @@ impl Default for SwitchConfig {
             hub: false,
             fdb: FdbConfig::default(),
             hash_seed: 0x05ee_d0f0_ab1e,
+            announce_learning: false,
         }
     }
 }
@@ -92,6 +109,8 @@ pub struct Switch {
     /// The ports in use, in the order they were added: what a flood walks.
     active: Vec<PortId>,
     stats: SwitchStats,
+    /// What was learned since the last drain (if announcing).
+    announcements: Vec<Announcement>,
 }
 
 impl Switch {
@@ -102,6 +121,7 @@ impl Switch {
             ports: vec![None; config.max_ports as usize],
             active: Vec::with_capacity(config.max_ports as usize),
             stats: SwitchStats::default(),
+            announcements: Vec::with_capacity(if config.announce_learning { 256 } else { 0 }),
             config,
         }
     }
@@ -126,14 +146,6 @@ impl Switch {
         *slot = Some(PortStats::default());
         self.active.push(port);
         Ok(())
-    }
-
-    /// The lowest free port number, if any.
-    pub fn first_free_port(&self) -> Option<PortId> {
-        self.ports
-            .iter()
-            .position(Option::is_none)
-            .map(|i| PortId(i as u32))
     }
 
     /// Removes `port`, forgets every MAC learned on it and returns its
@@ -186,11 +198,24 @@ impl Switch {
             return Verdict::Flood;
         }
         let vlan = frame.vlan().unwrap_or(0);
-        match self.fdb.learn(now, vlan, frame.src(), in_port) {
+        let learned = self.fdb.learn(now, vlan, frame.src(), in_port);
+        match learned {
             Learned::TableFull => self.stats.fdb_full += 1,
             Learned::MoveRefused { .. } => self.stats.fdb_move_refused += 1,
             Learned::Moved { .. } => self.stats.fdb_moves += 1,
-            Learned::New | Learned::Refreshed | Learned::GroupSource => {}
+            Learned::New | Learned::Refreshed { .. } | Learned::GroupSource => {}
+        }
+        if self.config.announce_learning
+            && matches!(
+                learned,
+                Learned::New | Learned::Moved { .. } | Learned::Refreshed { announce: true }
+            )
+        {
+            self.announcements.push(Announcement {
+                vlan,
+                mac: frame.src(),
+                port: in_port,
+            });
         }
         let dst = frame.dst();
         if dst.is_group() {
@@ -237,6 +262,20 @@ impl Switch {
         &self.fdb
     }
 
+    /// Takes what was learned since the last call (empty unless
+    /// [`SwitchConfig::announce_learning`] is set).
+    pub fn drain_announcements(&mut self) -> std::vec::Drain<'_, Announcement> {
+        self.announcements.drain(..)
+    }
+
+    /// Applies what another replica learned. Ignored if the port is gone
+    /// here (its removal is on its way to the other replica too).
+    pub fn apply_announcement(&mut self, now: Timestamp, a: &Announcement) {
+        if self.has_port(a.port) && !self.fdb.learn_remote(now, a.vlan, a.mac, a.port) {
+            self.stats.fdb_full += 1;
+        }
+    }
+
     /// Reclaims aged-out table entries; call it every second or so.
     pub fn expire(&mut self, now: Timestamp) -> usize {
         self.fdb.expire(now)
@@ -246,7 +285,6 @@ impl Switch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mac::MacAddr;
     use proptest::prelude::*;
 
     fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
@@ -384,7 +422,6 @@ mod tests {
             vec![PortId(2)]
         );
         // The number is free again.
-        assert_eq!(sw.first_free_port(), Some(PortId(1)));
         sw.add_port(PortId(1)).unwrap();
         assert_eq!(sw.port_stats(PortId(1)).unwrap().rx_frames, 0);
     }
@@ -408,7 +445,6 @@ mod tests {
             })
         );
         sw.add_port(PortId(1)).unwrap();
-        assert_eq!(sw.first_free_port(), None);
     }
 
     #[test]
@@ -434,6 +470,75 @@ mod tests {
             sw.ingress(Timestamp::from_secs(4), PortId(2), &frame(host(1), host(3))),
             Verdict::Unicast(PortId(1))
         );
+    }
+
+    #[test]
+    fn replicas_converge_through_announcements() {
+        let config = SwitchConfig {
+            announce_learning: true,
+            ..SwitchConfig::default()
+        };
+        let mut left = Switch::new(config.clone());
+        let mut right = Switch::new(config);
+        for p in 0..3 {
+            left.add_port(PortId(p)).unwrap();
+            right.add_port(PortId(p)).unwrap();
+        }
+        // host(1) speaks on port 0, which `left` serves.
+        left.ingress(T0, PortId(0), &frame(MacAddr::BROADCAST, host(1)));
+        let news: Vec<_> = left.drain_announcements().collect();
+        assert_eq!(
+            news,
+            vec![Announcement {
+                vlan: 0,
+                mac: host(1),
+                port: PortId(0)
+            }]
+        );
+        for a in &news {
+            right.apply_announcement(T0, a);
+        }
+        // `right` now sends frames for host(1) to port 0 only.
+        assert_eq!(
+            right.ingress(T0, PortId(2), &frame(host(1), host(3))),
+            Verdict::Unicast(PortId(0))
+        );
+        // Refreshes are announced at most once a second; group sources never.
+        left.ingress(
+            Timestamp::from_millis(500),
+            PortId(0),
+            &frame(MacAddr::BROADCAST, host(1)),
+        );
+        assert_eq!(left.drain_announcements().count(), 0);
+        left.ingress(
+            Timestamp::from_secs(2),
+            PortId(0),
+            &frame(MacAddr::BROADCAST, host(1)),
+        );
+        assert_eq!(left.drain_announcements().count(), 1);
+        left.ingress(T0, PortId(0), &frame(host(1), MacAddr::BROADCAST));
+        assert_eq!(left.drain_announcements().count(), 0);
+        // Announcements about a port that is gone are ignored.
+        right.remove_port(PortId(1));
+        right.apply_announcement(
+            T0,
+            &Announcement {
+                vlan: 0,
+                mac: host(9),
+                port: PortId(1),
+            },
+        );
+        assert_eq!(
+            right.ingress(T0, PortId(2), &frame(host(9), host(3))),
+            Verdict::Flood
+        );
+    }
+
+    #[test]
+    fn announcements_are_off_by_default() {
+        let mut sw = switch_with_ports(2, false);
+        sw.ingress(T0, PortId(0), &frame(MacAddr::BROADCAST, host(1)));
+        assert_eq!(sw.drain_announcements().count(), 0);
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct Cli {
     /// Seconds a MAC address stays on its port after its last frame, even if it shows up on another.
     #[arg(long, value_name = "SECS", default_value_t = 3)]
     pub fdb_min_persistence: u64,
+    /// Data-plane threads; ports are spread over them.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
     /// Seconds a client may take to send its connection request.
     #[arg(long, value_name = "SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -70,6 +74,7 @@ impl Cli {
             fdb_age: Duration::from_secs(self.fdb_age),
             fdb_min_persistence: Duration::from_secs(self.fdb_min_persistence),
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            threads: usize::from(self.threads),
             ..Config::new(&self.sock)
         }
     }

@@ -24,6 +24,8 @@ pub struct Config {
     pub fdb_min_persistence: Duration,
     /// How long a client may take to send its request.
     pub handshake_timeout: Duration,
+    /// Data-plane worker threads.
+    pub threads: usize,
 }
 
 impl Config {
@@ -39,6 +41,7 @@ impl Config {
             fdb_age: fdb.ageing,
             fdb_min_persistence: fdb.min_persistence,
             handshake_timeout: Duration::from_secs(5),
+            threads: 1,
         }
     }
 
@@ -53,6 +56,7 @@ impl Config {
                 min_persistence: self.fdb_min_persistence,
             },
             hash_seed,
+            announce_learning: false,
         }
     }
 

@@ -31,7 +31,7 @@ use uml_switch_proto::wire::{
 };
 use uml_switch_proto::PortId;
 
-use crate::dataplane::{ControlMsg, DataplaneHandle, PortInfo, PortIo};
+use crate::dataplane::{DataplaneHandle, PortInfo, PortIo};
 use crate::error::{create_hint, Error};
 
 /// Client handshakes in progress at once; more are refused at once, so
@@ -169,6 +169,8 @@ enum HandshakeError {
     Read(io::Error),
     #[error("{0}")]
     DataSocket(String),
+    #[error("writing the reply failed ({0}); the client went away")]
+    Reply(io::Error),
     #[error("no port for it: {0}")]
     NoPort(crate::dataplane::AddPortError),
     #[error("the switch is shutting down")]
@@ -194,8 +196,8 @@ impl Client {
         handshake_timeout: Duration,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let port = match self.handshake(&dataplane, handshake_timeout).await {
-            Ok(port) => port,
+        let (port, info) = match self.handshake(&dataplane, handshake_timeout).await {
+            Ok(attached) => attached,
             Err(HandshakeError::HungUp(0)) => {
                 // A liveness probe (another switch starting, a test harness).
                 debug!("control connection ({}) closed without a request", self.who);
@@ -207,6 +209,16 @@ impl Client {
             }
         };
         drop(permit);
+        info!(
+            "port {port} connected: {} client {}{}",
+            info.transport,
+            info.peer,
+            if info.description.is_empty() {
+                String::new()
+            } else {
+                format!(", \"{}\"", info.description)
+            }
+        );
         // From now on the connection only says "still here".
         let mut byte = [0u8; 1];
         match self.stream.read(&mut byte).await {
@@ -214,14 +226,21 @@ impl Client {
             Ok(_) => warn!("port {port}: client ({}) wrote on its control connection after its request; closing the port", self.who),
             Err(e) => warn!("port {port}: control connection ({}) failed: {e}; closing the port", self.who),
         }
-        let _ = dataplane.send(ControlMsg::RemovePort { port });
+        match dataplane.remove_port(port).await {
+            Ok(stats) => info!(
+                "port {port} disconnected ({}): {}",
+                info.peer,
+                stats.summary()
+            ),
+            Err(e) => debug!("port {port}: not removed: {e}"),
+        }
     }
 
     async fn handshake(
         &mut self,
         dataplane: &DataplaneHandle,
         timeout: Duration,
-    ) -> Result<PortId, HandshakeError> {
+    ) -> Result<(PortId, PortInfo), HandshakeError> {
         let request = tokio::time::timeout(timeout, self.read_request())
             .await
             .map_err(|_| HandshakeError::Timeout(timeout))??;
@@ -242,20 +261,17 @@ impl Client {
             client: request.client,
         };
         let port = dataplane
-            .add_port(wanted, io, info)
+            .add_port(wanted, io, info.clone())
             .await
             .map_err(|_| HandshakeError::Stopping)?
             .map_err(HandshakeError::NoPort)?;
         let reply =
             tokio::time::timeout(REPLY_TIMEOUT, self.stream.write_all(address.as_bytes())).await;
         if let Err(e) = reply.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())) {
-            let _ = dataplane.send(ControlMsg::RemovePort { port });
-            return Err(HandshakeError::Read(io::Error::new(
-                e.kind(),
-                format!("writing the reply failed ({e}); the client went away"),
-            )));
+            let _ = dataplane.remove_port(port).await;
+            return Err(HandshakeError::Reply(e));
         }
-        Ok(port)
+        Ok((port, info))
     }
 
     /// Reads until a whole request has arrived (at least 122 bytes), then

@@ -1,16 +1,23 @@
-//! The data plane: one thread that owns the forwarding core, every port's
-//! socket and the frame buffers.
+//! The data plane: one or more worker threads that move frames.
 //!
-//! Each turn of its loop:
-//! 1. waits (epoll, through mio) until a port is readable or the control
-//!    plane has a message;
-//! 2. applies control messages (add or remove a port) while no frame is in
-//!    flight;
+//! Every port is *owned* by one worker (port number modulo the number of
+//! workers), which alone reads it; any worker may send to any port, so a
+//! frame crosses the switch in the thread that received it. Each worker
+//! keeps its own replica of the forwarding core ([`Switch`]); what one
+//! replica learns from its ports reaches the others as batches of
+//! [`Announcement`]s through channels, never through a lock.
+//!
+//! Each turn of a worker's loop:
+//! 1. waits (epoll, through mio) until one of its ports is readable or a
+//!    message arrives;
+//! 2. applies messages (ports added or removed, what peers learned) while
+//!    no frame is in flight;
 //! 3. receives a batch from each readable port (`recvmmsg` for sockets)
-//!    into a fixed arena of frame slots, and runs [`Switch::ingress`] over
+//!    into a fixed arena of frame slots and runs [`Switch::ingress`] over
 //!    it, queueing slot numbers on the destination ports;
-//! 4. flushes every port's queue with one `sendmmsg` (non-blocking: a full
-//!    client loses the frames it cannot take, counted, and nobody waits).
+//! 4. flushes every destination's queue with one `sendmmsg` (non-blocking:
+//!    a full client loses the frames it cannot take, counted, and nobody
+//!    waits).
 //!
 //! Ports that still had data after their batch are visited again on the
 //! next turn without sleeping, so one busy port cannot starve the others.
@@ -21,18 +28,18 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use uml_switch_proto::wire::SockaddrUn;
 use uml_switch_proto::{
-    DropReason, PortId, PortStats, Switch, SwitchConfig, SwitchError, Timestamp, Verdict,
-    MAX_FRAME_LEN,
+    Announcement, DropReason, PortId, PortNumbers, PortStats, Switch, SwitchConfig, SwitchError,
+    Timestamp, Verdict, MAX_FRAME_LEN,
 };
 
 use crate::sys::{RecvBatch, SendBatch};
@@ -40,7 +47,7 @@ use crate::sys::{RecvBatch, SendBatch};
 /// Bytes per frame slot: one more than the largest frame, so that a longer
 /// datagram shows up as oversize instead of silently fitting.
 const SLOT_LEN: usize = (MAX_FRAME_LEN + 1).next_multiple_of(64);
-/// Frame slots in the arena: the most frames in flight in one turn.
+/// Frame slots in a worker's arena: the most frames in flight in one turn.
 const ARENA_SLOTS: usize = 256;
 /// The most frames taken from one port per turn.
 const RX_BATCH: usize = 64;
@@ -87,26 +94,31 @@ pub struct PortInfo {
 /// Why the data plane did not add a port.
 #[derive(Debug, thiserror::Error)]
 pub enum AddPortError {
-    /// The forwarding core refused the number.
+    /// The number is out of range or taken, or none is free.
     #[error(transparent)]
-    Switch(SwitchError),
+    Number(SwitchError),
     /// epoll would not watch the port's descriptor.
     #[error("cannot watch its descriptor: {0}")]
     Watch(io::Error),
 }
 
-/// Messages from the control plane.
-pub enum ControlMsg {
-    /// Attach a port. `port: None` takes the first free number.
+/// Messages to a worker.
+enum WorkerMsg {
+    /// Attach a port; `reply` is given to its owner only.
     AddPort {
-        port: Option<PortId>,
-        io: PortIo,
+        id: PortId,
+        io: Arc<PortIo>,
         info: PortInfo,
-        reply: oneshot::Sender<Result<PortId, AddPortError>>,
+        reply: Option<oneshot::Sender<io::Result<()>>>,
     },
-    /// Detach a port (its client hung up).
-    RemovePort { port: PortId },
-    /// Send a copy of the counters of every port.
+    /// Detach a port and send back this worker's counters of it.
+    RemovePort {
+        id: PortId,
+        reply: oneshot::Sender<PortStats>,
+    },
+    /// What another worker's replica learned.
+    Learned(Vec<Announcement>),
+    /// Send back this worker's counters of every port.
     Snapshot {
         reply: oneshot::Sender<Vec<(PortId, PortInfo, PortStats)>>,
     },
@@ -114,59 +126,179 @@ pub enum ControlMsg {
     Shutdown,
 }
 
-/// The control plane's end: sends messages and wakes the data plane.
+/// A way to reach one worker: its channel and the waker of its epoll.
 #[derive(Clone)]
-pub struct DataplaneHandle {
-    tx: mpsc::Sender<ControlMsg>,
+struct WorkerLink {
+    tx: mpsc::Sender<WorkerMsg>,
     waker: Arc<Waker>,
 }
 
-impl DataplaneHandle {
-    /// Sends `msg`; fails only if the data plane has stopped.
-    pub fn send(&self, msg: ControlMsg) -> io::Result<()> {
-        self.tx
-            .send(msg)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the data plane has stopped"))?;
+impl WorkerLink {
+    fn send(&self, msg: WorkerMsg) -> io::Result<()> {
+        self.tx.send(msg).map_err(|_| stopped())?;
         self.waker.wake()
     }
+}
 
-    /// Attaches a port and waits for its number.
+fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the data plane has stopped")
+}
+
+/// The control plane's end of the data plane.
+#[derive(Clone)]
+pub struct DataplaneHandle {
+    workers: Vec<WorkerLink>,
+    numbers: Arc<Mutex<PortNumbers>>,
+}
+
+impl DataplaneHandle {
+    /// Attaches a port as `wanted` (or the first free number) and returns
+    /// its number once its owner watches it.
     pub async fn add_port(
         &self,
-        port: Option<PortId>,
+        wanted: Option<PortId>,
         io: PortIo,
         info: PortInfo,
     ) -> io::Result<Result<PortId, AddPortError>> {
-        let (reply, answer) = oneshot::channel();
-        self.send(ControlMsg::AddPort {
-            port,
-            io,
-            info,
-            reply,
-        })?;
-        answer
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the data plane has stopped"))
+        let claimed = self.lock_numbers().claim(wanted);
+        let id = match claimed {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(AddPortError::Number(e))),
+        };
+        let io = Arc::new(io);
+        let owner = id.index() % self.workers.len();
+        let (reply, registered) = oneshot::channel();
+        let mut reply = Some(reply);
+        for (w, worker) in self.workers.iter().enumerate() {
+            worker.send(WorkerMsg::AddPort {
+                id,
+                io: io.clone(),
+                info: info.clone(),
+                reply: if w == owner { reply.take() } else { None },
+            })?;
+        }
+        match registered.await.map_err(|_| stopped())? {
+            Ok(()) => Ok(Ok(id)),
+            Err(e) => {
+                self.remove_port(id).await?;
+                Ok(Err(AddPortError::Watch(e)))
+            }
+        }
+    }
+
+    /// Detaches a port; returns its final counters.
+    pub async fn remove_port(&self, id: PortId) -> io::Result<PortStats> {
+        let mut answers = Vec::with_capacity(self.workers.len());
+        for worker in &self.workers {
+            let (reply, answer) = oneshot::channel();
+            worker.send(WorkerMsg::RemovePort { id, reply })?;
+            answers.push(answer);
+        }
+        // Each worker handles its messages in order, so the number can be
+        // reused at once: a later AddPort reaches every worker after this.
+        self.lock_numbers().release(id);
+        let mut total = PortStats::default();
+        for answer in answers {
+            total.merge(&answer.await.map_err(|_| stopped())?);
+        }
+        Ok(total)
+    }
+
+    /// The counters of every port, summed over the workers.
+    pub async fn snapshot(&self) -> io::Result<Vec<(PortId, PortInfo, PortStats)>> {
+        let mut merged: Vec<(PortId, PortInfo, PortStats)> = Vec::new();
+        for worker in &self.workers {
+            let (reply, answer) = oneshot::channel();
+            worker.send(WorkerMsg::Snapshot { reply })?;
+            for (id, info, stats) in answer.await.map_err(|_| stopped())? {
+                match merged.iter_mut().find(|(known, ..)| *known == id) {
+                    Some((_, _, total)) => total.merge(&stats),
+                    None => merged.push((id, info, stats)),
+                }
+            }
+        }
+        merged.sort_by_key(|(id, ..)| *id);
+        Ok(merged)
+    }
+
+    /// Asks every worker to stop.
+    pub fn shutdown(&self) {
+        for worker in &self.workers {
+            let _ = worker.send(WorkerMsg::Shutdown);
+        }
+    }
+
+    fn lock_numbers(&self) -> std::sync::MutexGuard<'_, PortNumbers> {
+        // Only the control plane takes this lock, never a worker.
+        self.numbers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Starts the data-plane thread.
-pub fn spawn(config: SwitchConfig) -> io::Result<(DataplaneHandle, thread::JoinHandle<()>)> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = mpsc::channel();
-    let thread = thread::Builder::new()
-        .name("dataplane".into())
-        .spawn(move || Dataplane::new(poll, rx, config).run())?;
-    Ok((DataplaneHandle { tx, waker }, thread))
+/// The running data plane: its handle and its threads.
+pub struct Dataplane {
+    /// Where the control plane sends its requests.
+    pub handle: DataplaneHandle,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Starts `workers` threads (at least one).
+    pub fn spawn(mut config: SwitchConfig, workers: usize) -> io::Result<Dataplane> {
+        let workers = workers.max(1);
+        config.announce_learning = workers > 1;
+        let epoch = Instant::now();
+        let mut polls = Vec::with_capacity(workers);
+        let mut links = Vec::with_capacity(workers);
+        let mut inboxes = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = mpsc::channel();
+            polls.push(poll);
+            links.push(WorkerLink { tx, waker });
+            inboxes.push(rx);
+        }
+        let mut threads = Vec::with_capacity(workers);
+        for (index, (poll, inbox)) in polls.into_iter().zip(inboxes).enumerate() {
+            let peers = links
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != index)
+                .map(|(_, link)| link.tx.clone())
+                .collect();
+            let config = config.clone();
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("dataplane-{index}"))
+                    // The worker's batches hold raw pointers for the kernel
+                    // (not Send), so it is built on its own thread.
+                    .spawn(move || Worker::new(poll, inbox, peers, config, epoch).run())?,
+            );
+        }
+        let handle = DataplaneHandle {
+            workers: links,
+            numbers: Arc::new(Mutex::new(PortNumbers::new(config.max_ports))),
+        };
+        Ok(Dataplane { handle, threads })
+    }
+
+    /// Stops every worker and waits for them.
+    pub fn stop(self) {
+        self.handle.shutdown();
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
 }
 
 struct Port {
-    io: PortIo,
+    io: Arc<PortIo>,
     info: PortInfo,
+    /// True if this worker reads the port.
+    owned: bool,
     /// Arena slots waiting to be sent to this port, in order.
     tx_queue: Vec<u16>,
-    /// True while the port sits in `Dataplane::readable`.
+    /// True while the port sits in `Worker::readable`.
     in_readable: bool,
 }
 
@@ -176,6 +308,10 @@ struct FrameArena {
     lens: Vec<u32>,
     used: usize,
 }
+
+/// The length recorded for a datagram whose sender is not the port's
+/// client: the slot is skipped and counted.
+const FROM_STRANGER: u32 = u32::MAX;
 
 impl FrameArena {
     fn new() -> Self {
@@ -196,15 +332,17 @@ impl FrameArena {
     }
 }
 
-struct Dataplane {
+struct Worker {
     poll: Poll,
-    control: mpsc::Receiver<ControlMsg>,
+    inbox: mpsc::Receiver<WorkerMsg>,
+    /// The other workers, told what this one learns.
+    peers: Vec<mpsc::Sender<WorkerMsg>>,
     switch: Switch,
     ports: Vec<Option<Port>>,
     arena: FrameArena,
     rx_batch: RecvBatch,
     tx_batch: SendBatch,
-    /// Ports that may have more to read.
+    /// Owned ports that may have more to read.
     readable: VecDeque<PortId>,
     /// Ports with a non-empty transmit queue.
     pending_tx: Vec<PortId>,
@@ -212,12 +350,19 @@ struct Dataplane {
     running: bool,
 }
 
-impl Dataplane {
-    fn new(poll: Poll, control: mpsc::Receiver<ControlMsg>, config: SwitchConfig) -> Self {
+impl Worker {
+    fn new(
+        poll: Poll,
+        inbox: mpsc::Receiver<WorkerMsg>,
+        peers: Vec<mpsc::Sender<WorkerMsg>>,
+        config: SwitchConfig,
+        epoch: Instant,
+    ) -> Self {
         let max_ports = config.max_ports as usize;
-        Dataplane {
+        Worker {
             poll,
-            control,
+            inbox,
+            peers,
             switch: Switch::new(config),
             ports: (0..max_ports).map(|_| None).collect(),
             arena: FrameArena::new(),
@@ -225,7 +370,7 @@ impl Dataplane {
             tx_batch: SendBatch::new(TX_BATCH),
             readable: VecDeque::with_capacity(max_ports),
             pending_tx: Vec::with_capacity(max_ports),
-            epoch: Instant::now(),
+            epoch,
             running: true,
         }
     }
@@ -254,7 +399,7 @@ impl Dataplane {
                     self.mark_readable(PortId(event.token().0 as u32));
                 }
             }
-            self.handle_control();
+            self.handle_messages();
             self.receive_round();
             self.flush();
             if Instant::now() >= next_housekeeping {
@@ -263,34 +408,41 @@ impl Dataplane {
                 next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
             }
         }
-        for id in 0..self.ports.len() {
-            self.remove_port(PortId(id as u32));
-        }
     }
 
     fn mark_readable(&mut self, id: PortId) {
         if let Some(Some(port)) = self.ports.get_mut(id.index()) {
-            if !port.in_readable {
+            if port.owned && !port.in_readable {
                 port.in_readable = true;
                 self.readable.push_back(id);
             }
         }
     }
 
-    fn handle_control(&mut self) {
-        while let Ok(msg) = self.control.try_recv() {
+    fn handle_messages(&mut self) {
+        while let Ok(msg) = self.inbox.try_recv() {
             match msg {
-                ControlMsg::AddPort {
-                    port,
+                WorkerMsg::AddPort {
+                    id,
                     io,
                     info,
                     reply,
                 } => {
-                    let result = self.add_port(port, io, info);
-                    let _ = reply.send(result);
+                    let result = self.add_port(id, io, info, reply.is_some());
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
                 }
-                ControlMsg::RemovePort { port } => self.remove_port(port),
-                ControlMsg::Snapshot { reply } => {
+                WorkerMsg::RemovePort { id, reply } => {
+                    let _ = reply.send(self.remove_port(id));
+                }
+                WorkerMsg::Learned(news) => {
+                    let now = self.now();
+                    for a in &news {
+                        self.switch.apply_announcement(now, a);
+                    }
+                }
+                WorkerMsg::Snapshot { reply } => {
                     let snapshot = self
                         .switch
                         .ports()
@@ -302,68 +454,57 @@ impl Dataplane {
                         .collect();
                     let _ = reply.send(snapshot);
                 }
-                ControlMsg::Shutdown => self.running = false,
+                WorkerMsg::Shutdown => self.running = false,
             }
         }
     }
 
     fn add_port(
         &mut self,
-        port: Option<PortId>,
-        io: PortIo,
+        id: PortId,
+        io: Arc<PortIo>,
         info: PortInfo,
-    ) -> Result<PortId, AddPortError> {
-        let max = self.switch.config().max_ports;
-        let id = match port {
-            Some(id) => id,
-            None => self
-                .switch
-                .first_free_port()
-                .ok_or(AddPortError::Switch(SwitchError::NoFreePort { max }))?,
-        };
-        self.switch.add_port(id).map_err(AddPortError::Switch)?;
-        let raw = io.fd().as_raw_fd();
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&raw),
-            Token(id.index()),
-            Interest::READABLE,
-        ) {
-            self.switch.remove_port(id);
-            return Err(AddPortError::Watch(e));
+        owned: bool,
+    ) -> io::Result<()> {
+        if let Err(e) = self.switch.add_port(id) {
+            // The control plane hands out numbers; this would be its bug.
+            warn!("data plane: port {id} not added: {e}");
+            return Err(io::Error::other(e));
         }
-        info!(port = id.0, transport = info.transport, peer = %info.peer, description = %info.description, "port connected");
+        if owned {
+            let raw = io.fd().as_raw_fd();
+            let token = Token(id.index());
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&raw), token, Interest::READABLE)
+            {
+                self.switch.remove_port(id);
+                return Err(e);
+            }
+        }
         self.ports[id.index()] = Some(Port {
             io,
             info,
+            owned,
             tx_queue: Vec::with_capacity(ARENA_SLOTS),
             in_readable: false,
         });
         // Frames may have arrived before the registration.
         self.mark_readable(id);
-        Ok(id)
+        Ok(())
     }
 
-    fn remove_port(&mut self, id: PortId) {
+    /// Forgets a port; returns this worker's counters of it.
+    fn remove_port(&mut self, id: PortId) -> PortStats {
         let Some(port) = self.ports.get_mut(id.index()).and_then(Option::take) else {
-            return;
+            return PortStats::default();
         };
-        let raw = port.io.fd().as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
-        let stats = self.switch.remove_port(id).unwrap_or_default();
-        let drops: Vec<String> = DropReason::ALL
-            .iter()
-            .filter(|&&r| stats.drops_for(r) > 0)
-            .map(|&r| format!("{}={}", r.as_str(), stats.drops_for(r)))
-            .collect();
-        info!(
-            port = id.0,
-            transport = port.info.transport,
-            peer = %port.info.peer,
-            rx_frames = stats.rx_frames,
-            tx_frames = stats.tx_frames,
-            drops = %drops.join(","),
-            "port disconnected"
-        );
+        if port.owned {
+            let raw = port.io.fd().as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+        }
+        self.switch.remove_port(id).unwrap_or_default()
     }
 
     /// Gives each readable port one batch; ports that may have more stay in
@@ -383,7 +524,7 @@ impl Dataplane {
             port.in_readable = false;
             let first = self.arena.used;
             let limit = RX_BATCH.min(self.arena.free_slots());
-            let received = match receive(port, &mut self.rx_batch, &mut self.arena, limit) {
+            let received = match receive(&port.io, &mut self.rx_batch, &mut self.arena, limit) {
                 Ok(n) => n,
                 Err(e) => {
                     debug!("port {id}: receive failed: {e}");
@@ -401,15 +542,14 @@ impl Dataplane {
 
     /// Runs the forwarding core on one received frame and queues it.
     fn forward(&mut self, now: Timestamp, in_port: PortId, slot: u16) {
-        let Dataplane {
+        let Worker {
             switch,
             ports,
             arena,
             pending_tx,
             ..
         } = self;
-        if arena.lens[usize::from(slot)] == u32::MAX {
-            // Marked by `receive`: not from the port's client.
+        if arena.lens[usize::from(slot)] == FROM_STRANGER {
             switch.record_drops(in_port, DropReason::UnknownSender, 1);
             return;
         }
@@ -428,9 +568,12 @@ impl Dataplane {
         }
     }
 
-    /// Sends every queued frame, then frees the arena.
+    /// Sends every queued frame, then frees the arena. What was learned is
+    /// announced first, so that a peer knows a station before the station's
+    /// frame reaches anyone who might answer it.
     fn flush(&mut self) {
-        let Dataplane {
+        self.announce();
+        let Worker {
             switch,
             ports,
             arena,
@@ -445,11 +588,10 @@ impl Dataplane {
             let mut queue = port.tx_queue.as_slice();
             while !queue.is_empty() {
                 let chunk = &queue[..queue.len().min(TX_BATCH)];
-                let result = match &port.io {
-                    PortIo::Datagram { socket, .. } => {
-                        tx_batch.send(socket.as_fd(), chunk.iter().map(|&s| arena.frame(s)))
-                    }
-                    PortIo::Tap(iface) => send_tap(iface, chunk.iter().map(|&s| arena.frame(s))),
+                let frames = chunk.iter().map(|&s| arena.frame(s));
+                let result = match &*port.io {
+                    PortIo::Datagram { socket, .. } => tx_batch.send(socket.as_fd(), frames),
+                    PortIo::Tap(iface) => send_tap(iface, frames),
                 };
                 let sent = match result {
                     Ok(n) => n,
@@ -477,27 +619,40 @@ impl Dataplane {
         }
         arena.used = 0;
     }
+
+    /// Tells the other workers what this one learned this turn.
+    fn announce(&mut self) {
+        let news: Vec<Announcement> = self.switch.drain_announcements().collect();
+        if news.is_empty() {
+            return;
+        }
+        // Peers apply them before their next receive round; no need to
+        // wake a peer that is asleep (it has no frame to forward yet).
+        for peer in &self.peers {
+            let _ = peer.send(WorkerMsg::Learned(news.clone()));
+        }
+    }
 }
 
-/// Receives up to `limit` frames from `port` into the arena; returns how
-/// many slots were used. A frame from a stranger keeps its slot, marked
-/// with length `u32::MAX`, so that the caller counts it.
+/// Receives up to `limit` frames from a port into the arena; returns how
+/// many slots were used. A datagram from a stranger keeps its slot, marked
+/// [`FROM_STRANGER`], so that the caller counts it.
 fn receive(
-    port: &mut Port,
+    io: &PortIo,
     rx_batch: &mut RecvBatch,
     arena: &mut FrameArena,
     limit: usize,
 ) -> io::Result<usize> {
     let first = arena.used;
     let region = &mut arena.bytes[first * SLOT_LEN..(first + limit) * SLOT_LEN];
-    let received = match &port.io {
+    let received = match io {
         PortIo::Datagram { socket, client } => {
             let n = rx_batch.recv(socket.as_fd(), region, SLOT_LEN)?;
             for i in 0..n {
                 arena.lens[first + i] = if client.matches_received(rx_batch.source_of(i)) {
                     rx_batch.len_of(i) as u32
                 } else {
-                    u32::MAX
+                    FROM_STRANGER
                 };
             }
             n

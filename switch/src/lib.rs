@@ -4,12 +4,11 @@
 //! The daemon is two threads:
 //! - the control plane ([`control`], tokio, current-thread) accepts
 //!   clients on the control socket and performs their handshakes;
-//! - the data plane ([`dataplane`], one thread) owns the forwarding core
-//!   from `uml-switch-proto`, every port's socket and the frame buffers, and
-//!   moves frames in batches.
+//! - the data plane ([`dataplane`], `--threads` workers) owns the
+//!   forwarding core from `uml-switch-proto`, every port's socket and the
+//!   frame buffers, and moves frames in batches.
 //!
-//! They talk through messages only ([`dataplane::ControlMsg`]); no lock
-//! guards the forwarding table. [`run`] wires them together; `main.rs`
+//! They talk through messages only; no lock guards the forwarding table. [`run`] wires them together; `main.rs`
 //! only parses the command line ([`cli`]).
 #![deny(unsafe_code)]
 
@@ -30,23 +29,22 @@ pub use config::Config;
 pub use error::Error;
 
 use control::ControlSocket;
-use dataplane::{ControlMsg, DataplaneHandle, PortInfo, PortIo};
+use dataplane::{Dataplane, DataplaneHandle, PortInfo, PortIo};
 
 /// Runs the switch until SIGINT or SIGTERM; returns after removing the
 /// control socket.
 pub fn run(config: Config) -> Result<(), Error> {
     config.validate()?;
     let hash_seed = RandomState::new().build_hasher().finish();
-    let (dataplane, thread) = dataplane::spawn(config.switch_config(hash_seed))
+    let dataplane = Dataplane::spawn(config.switch_config(hash_seed), config.threads)
         .map_err(|e| Error::os("cannot start the data plane", e))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::os("cannot start the control plane", e))?;
-    let result = runtime.block_on(serve(&config, &dataplane));
+    let result = runtime.block_on(serve(&config, &dataplane.handle));
     drop(runtime);
-    let _ = dataplane.send(ControlMsg::Shutdown);
-    let _ = thread.join();
+    dataplane.stop();
     result
 }
 
@@ -88,10 +86,11 @@ async fn attach_tap(dataplane: &DataplaneHandle, name: &str) -> Result<(), Error
         peer: iface.name().to_owned(),
         description: String::new(),
     };
-    dataplane
+    let port = dataplane
         .add_port(None, PortIo::Tap(iface), info)
         .await
         .map_err(|e| Error::os("the data plane stopped", e))?
         .map_err(|e| Error::Config(format!("tap `{name}`: {e}")))?;
+    info!("port {port} connected: tap {name}");
     Ok(())
 }

@@ -203,7 +203,12 @@ fn settled_fd_count(switch: &SwitchProcess, limit: usize) -> usize {
 
 /// Starts a switch with three clients: A abstract, B pathname, C abstract.
 fn three_ports() -> (Bench, Client, Client, Client) {
-    let bench = Bench::start();
+    three_ports_with(&[])
+}
+
+/// [`three_ports`] with extra switch arguments.
+fn three_ports_with(args: &[&str]) -> (Bench, Client, Client, Client) {
+    let bench = Bench::start_with(args);
     let a = bench.attach(DataSocketKind::Abstract);
     let b = bench.attach(DataSocketKind::Pathname);
     let c = bench.attach(DataSocketKind::Abstract);
@@ -291,7 +296,18 @@ fn unknown_unicast_floods_to_the_other_ports() {
 
 #[test]
 fn learned_unicast_reaches_exactly_its_port() {
-    let (bench, a, b, c) = three_ports();
+    learned_unicast_reaches_exactly_its_port_with(&[]);
+}
+
+/// With two data-plane workers, ports 1 and 3 (A, C) are read by one and
+/// port 2 (B) by the other: what one learns must reach the other.
+#[test]
+fn learned_unicast_reaches_exactly_its_port_with_two_workers() {
+    learned_unicast_reaches_exactly_its_port_with(&["--threads", "2"]);
+}
+
+fn learned_unicast_reaches_exactly_its_port_with(args: &[&str]) {
+    let (bench, a, b, c) = three_ports_with(args);
     // B and C announce themselves; once A has seen both, both are learned
     // (a switch learns the source before forwarding).
     let hello_b = tagged_frame(BROADCAST, mac(B), 10);
