@@ -15,9 +15,22 @@
 //! 3. receives a batch from each readable port (`recvmmsg` for sockets)
 //!    into a fixed arena of frame slots and runs [`Switch::ingress`] over
 //!    it, queueing slot numbers on the destination ports;
-//! 4. flushes every destination's queue with one `sendmmsg` (non-blocking:
-//!    a full client loses the frames it cannot take, counted, and nobody
-//!    waits).
+//! 4. flushes every destination's queue with `sendmmsg`, never blocking.
+//!    What a client's socket cannot take now waits in that port's backlog
+//!    (at most [`BACKLOG_LIMIT`] frames, copied out of the arena), and the
+//!    worker asks epoll to say when the client has room again: a connected
+//!    Unix datagram socket becomes writable when its peer's queue drains.
+//!    Only what overflows the backlog is dropped, counted as `queue_full`;
+//!    no other port waits.
+//!
+//! Back-pressure: when a port's backlog passes [`PAUSE_HIGH`], the ports
+//! whose unicast frames filled it are not read until it drains below
+//! [`PAUSE_LOW`], so a fast sender waits (its own socket fills and its
+//! sends block or fail, as with a real NIC) instead of having most of its
+//! frames thrown away in the switch. A pause lasts at most [`PAUSE_MAX`],
+//! and a client that makes no progress for [`STALL_AFTER`] pauses nobody:
+//! its frames are dropped instead, so a hung client cannot stop the
+//! ports that talk to it.
 //!
 //! Ports that still had data after their batch are visited again on the
 //! next turn without sleeping, so one busy port cannot starve the others.
@@ -53,6 +66,19 @@ const ARENA_SLOTS: usize = 256;
 const RX_BATCH: usize = 64;
 /// The most frames handed to the kernel per `sendmmsg`.
 const TX_BATCH: usize = 64;
+/// The most frames waiting for one client whose socket is full.
+pub const BACKLOG_LIMIT: usize = 256;
+/// Frame slots shared by the backlogs of one worker's ports. Its pages are
+/// only touched when used.
+const BACKLOG_SLOTS: usize = 2048;
+/// A backlog this long pauses the ports that filled it.
+pub const PAUSE_HIGH: usize = BACKLOG_LIMIT / 2;
+/// Paused ports resume when the backlog is this short again.
+pub const PAUSE_LOW: usize = BACKLOG_LIMIT / 8;
+/// The longest a port stays paused.
+pub const PAUSE_MAX: Duration = Duration::from_millis(20);
+/// A client that took nothing for this long pauses nobody.
+pub const STALL_AFTER: Duration = Duration::from_millis(100);
 /// How often aged-out forwarding entries are reclaimed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -296,10 +322,60 @@ struct Port {
     info: PortInfo,
     /// True if this worker reads the port.
     owned: bool,
-    /// Arena slots waiting to be sent to this port, in order.
+    /// Arena slots waiting to be sent to this port this turn, in order.
     tx_queue: Vec<u16>,
+    /// Frames that did not fit in the client's socket, oldest first:
+    /// slots of the worker's [`BacklogPool`], sent before `tx_queue`.
+    backlog: VecDeque<u16>,
+    /// True while the port sits in `Worker::pending_tx`.
+    in_pending_tx: bool,
+    /// True while this worker asks epoll for writability of the port.
+    watching_tx: bool,
+    /// When the client last took a frame from this worker.
+    last_progress: Instant,
+    /// Ports whose unicast frames were queued here this turn.
+    contributors: Vec<PortId>,
+    /// Ports paused until this port's backlog drains.
+    waiters: Vec<PortId>,
+    /// While paused (and since when), this port is not read.
+    paused_since: Option<Instant>,
     /// True while the port sits in `Worker::readable`.
     in_readable: bool,
+}
+
+/// Frame slots for backlogs, with a free list.
+struct BacklogPool {
+    bytes: Vec<u8>,
+    lens: Vec<u32>,
+    free: Vec<u16>,
+}
+
+impl BacklogPool {
+    fn new() -> Self {
+        BacklogPool {
+            bytes: vec![0; SLOT_LEN * BACKLOG_SLOTS],
+            lens: vec![0; BACKLOG_SLOTS],
+            free: (0..BACKLOG_SLOTS as u16).rev().collect(),
+        }
+    }
+
+    /// Copies `frame` into a free slot, if there is one.
+    fn store(&mut self, frame: &[u8]) -> Option<u16> {
+        let slot = self.free.pop()?;
+        let start = usize::from(slot) * SLOT_LEN;
+        self.bytes[start..start + frame.len()].copy_from_slice(frame);
+        self.lens[usize::from(slot)] = frame.len() as u32;
+        Some(slot)
+    }
+
+    fn frame(&self, slot: u16) -> &[u8] {
+        let start = usize::from(slot) * SLOT_LEN;
+        &self.bytes[start..start + self.lens[usize::from(slot)] as usize]
+    }
+
+    fn release(&mut self, slot: u16) {
+        self.free.push(slot);
+    }
 }
 
 /// Fixed frame slots, reused every turn.
@@ -340,12 +416,15 @@ struct Worker {
     switch: Switch,
     ports: Vec<Option<Port>>,
     arena: FrameArena,
+    backlog_pool: BacklogPool,
     rx_batch: RecvBatch,
     tx_batch: SendBatch,
     /// Owned ports that may have more to read.
     readable: VecDeque<PortId>,
-    /// Ports with a non-empty transmit queue.
+    /// Ports with frames to send (this turn's or backlogged).
     pending_tx: Vec<PortId>,
+    /// Ports not read because of back-pressure.
+    paused: Vec<PortId>,
     epoch: Instant,
     running: bool,
 }
@@ -366,10 +445,12 @@ impl Worker {
             switch: Switch::new(config),
             ports: (0..max_ports).map(|_| None).collect(),
             arena: FrameArena::new(),
+            backlog_pool: BacklogPool::new(),
             rx_batch: RecvBatch::new(RX_BATCH),
             tx_batch: SendBatch::new(TX_BATCH),
             readable: VecDeque::with_capacity(max_ports),
             pending_tx: Vec::with_capacity(max_ports),
+            paused: Vec::with_capacity(max_ports),
             epoch,
             running: true,
         }
@@ -383,10 +464,12 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
         while self.running {
-            let timeout = if self.readable.is_empty() {
-                next_housekeeping.saturating_duration_since(Instant::now())
-            } else {
+            let timeout = if !self.readable.is_empty() {
                 Duration::ZERO
+            } else if !self.paused.is_empty() {
+                PAUSE_MAX
+            } else {
+                next_housekeeping.saturating_duration_since(Instant::now())
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -395,11 +478,19 @@ impl Worker {
                 continue;
             }
             for event in events.iter() {
-                if event.token() != WAKER {
-                    self.mark_readable(PortId(event.token().0 as u32));
+                if event.token() == WAKER {
+                    continue;
+                }
+                let id = PortId(event.token().0 as u32);
+                if event.is_readable() {
+                    self.mark_readable(id);
+                }
+                if event.is_writable() {
+                    self.mark_pending_tx(id);
                 }
             }
             self.handle_messages();
+            self.end_overdue_pauses();
             self.receive_round();
             self.flush();
             if Instant::now() >= next_housekeeping {
@@ -412,9 +503,60 @@ impl Worker {
 
     fn mark_readable(&mut self, id: PortId) {
         if let Some(Some(port)) = self.ports.get_mut(id.index()) {
-            if port.owned && !port.in_readable {
+            if port.owned && !port.in_readable && port.paused_since.is_none() {
                 port.in_readable = true;
                 self.readable.push_back(id);
+            }
+        }
+    }
+
+    /// Stops reading `id` until `congested` drains (or [`PAUSE_MAX`]).
+    fn pause(&mut self, id: PortId, congested: PortId) {
+        let Some(Some(port)) = self.ports.get_mut(id.index()) else {
+            return;
+        };
+        if port.paused_since.is_some() || !port.owned {
+            return;
+        }
+        port.paused_since = Some(Instant::now());
+        self.paused.push(id);
+        if let Some(Some(congested)) = self.ports.get_mut(congested.index()) {
+            congested.waiters.push(id);
+        }
+    }
+
+    /// Reads `id` again; it is put on the readable list, since events that
+    /// arrived while it was paused were not acted on.
+    fn resume(&mut self, id: PortId) {
+        if let Some(Some(port)) = self.ports.get_mut(id.index()) {
+            if port.paused_since.take().is_some() {
+                self.paused.retain(|&p| p != id);
+                self.mark_readable(id);
+            }
+        }
+    }
+
+    fn end_overdue_pauses(&mut self) {
+        let overdue: Vec<PortId> = self
+            .paused
+            .iter()
+            .copied()
+            .filter(|p| {
+                matches!(&self.ports[p.index()], Some(port)
+                    if port.paused_since.is_some_and(|t| t.elapsed() >= PAUSE_MAX))
+            })
+            .collect();
+        for id in overdue {
+            self.resume(id);
+        }
+    }
+
+    /// Queues a flush for a port whose client may have room again.
+    fn mark_pending_tx(&mut self, id: PortId) {
+        if let Some(Some(port)) = self.ports.get_mut(id.index()) {
+            if !port.backlog.is_empty() && !port.in_pending_tx {
+                port.in_pending_tx = true;
+                self.pending_tx.push(id);
             }
         }
     }
@@ -488,6 +630,13 @@ impl Worker {
             info,
             owned,
             tx_queue: Vec::with_capacity(ARENA_SLOTS),
+            backlog: VecDeque::with_capacity(BACKLOG_LIMIT),
+            in_pending_tx: false,
+            watching_tx: false,
+            last_progress: Instant::now(),
+            contributors: Vec::new(),
+            waiters: Vec::new(),
+            paused_since: None,
             in_readable: false,
         });
         // Frames may have arrived before the registration.
@@ -500,10 +649,14 @@ impl Worker {
         let Some(port) = self.ports.get_mut(id.index()).and_then(Option::take) else {
             return PortStats::default();
         };
-        if port.owned {
+        if port.owned || port.watching_tx {
             let raw = port.io.fd().as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
         }
+        for slot in port.backlog {
+            self.backlog_pool.release(slot);
+        }
+        self.paused.retain(|&p| p != id);
         self.switch.remove_port(id).unwrap_or_default()
     }
 
@@ -522,6 +675,9 @@ impl Worker {
                 continue;
             };
             port.in_readable = false;
+            if port.paused_since.is_some() {
+                continue; // resume() puts it back
+            }
             let first = self.arena.used;
             let limit = RX_BATCH.min(self.arena.free_slots());
             let received = match receive(&port.io, &mut self.rx_batch, &mut self.arena, limit) {
@@ -555,69 +711,77 @@ impl Worker {
         }
         let mut enqueue = |to: PortId| {
             if let Some(Some(port)) = ports.get_mut(to.index()) {
-                if port.tx_queue.is_empty() {
+                if !port.in_pending_tx {
+                    port.in_pending_tx = true;
                     pending_tx.push(to);
                 }
                 port.tx_queue.push(slot);
             }
         };
         match switch.ingress(now, in_port, arena.frame(slot)) {
-            Verdict::Unicast(to) => enqueue(to),
+            Verdict::Unicast(to) => {
+                enqueue(to);
+                if let Some(Some(port)) = ports.get_mut(to.index()) {
+                    if port.contributors.last() != Some(&in_port)
+                        && !port.contributors.contains(&in_port)
+                    {
+                        port.contributors.push(in_port);
+                    }
+                }
+            }
             Verdict::Flood => switch.flood_targets(in_port).for_each(enqueue),
             Verdict::Drop(_) => {}
         }
     }
 
-    /// Sends every queued frame, then frees the arena. What was learned is
-    /// announced first, so that a peer knows a station before the station's
-    /// frame reaches anyone who might answer it.
+    /// Sends every queued frame (backlogs first), then frees the arena.
+    /// What was learned is announced first, so that a peer knows a station
+    /// before the station's frame reaches anyone who might answer it.
     fn flush(&mut self) {
         self.announce();
         let Worker {
+            poll,
             switch,
             ports,
             arena,
+            backlog_pool,
             pending_tx,
             tx_batch,
             ..
         } = self;
+        let mut pressure = Vec::new();
         for id in pending_tx.drain(..) {
             let Some(Some(port)) = ports.get_mut(id.index()) else {
                 continue;
             };
-            let mut queue = port.tx_queue.as_slice();
-            while !queue.is_empty() {
-                let chunk = &queue[..queue.len().min(TX_BATCH)];
-                let frames = chunk.iter().map(|&s| arena.frame(s));
-                let result = match &*port.io {
-                    PortIo::Datagram { socket, .. } => tx_batch.send(socket.as_fd(), frames),
-                    PortIo::Tap(iface) => send_tap(iface, frames),
-                };
-                let sent = match result {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let reason = if e.kind() == io::ErrorKind::WouldBlock {
-                            DropReason::QueueFull
-                        } else {
-                            DropReason::TxError
-                        };
-                        switch.record_drops(id, reason, queue.len() as u64);
-                        break;
-                    }
-                };
-                for &slot in &chunk[..sent] {
-                    switch.record_tx(id, arena.frame(slot).len());
-                }
-                queue = &queue[sent..];
-                if sent < chunk.len() {
-                    // The client's queue is full: drop the rest for it.
-                    switch.record_drops(id, DropReason::QueueFull, queue.len() as u64);
-                    break;
+            port.in_pending_tx = false;
+            flush_port(id, port, switch, arena, backlog_pool, tx_batch);
+            let backlog = port.backlog.len();
+            let stalled = port.last_progress.elapsed() >= STALL_AFTER;
+            if backlog >= PAUSE_HIGH && !stalled && !port.contributors.is_empty() {
+                pressure.push((id, std::mem::take(&mut port.contributors), true));
+            } else if backlog <= PAUSE_LOW && !port.waiters.is_empty() {
+                pressure.push((id, std::mem::take(&mut port.waiters), false));
+            }
+            port.contributors.clear();
+            let want_writable = !port.backlog.is_empty();
+            if want_writable != port.watching_tx {
+                match watch_writable(poll, id, port, want_writable) {
+                    Ok(()) => port.watching_tx = want_writable,
+                    Err(e) => warn!("port {id}: cannot watch for room in its socket: {e}"),
                 }
             }
-            port.tx_queue.clear();
         }
         arena.used = 0;
+        for (congested, ports, pause) in pressure {
+            for id in ports {
+                if pause && id != congested {
+                    self.pause(id, congested);
+                } else {
+                    self.resume(id);
+                }
+            }
+        }
     }
 
     /// Tells the other workers what this one learned this turn.
@@ -631,6 +795,108 @@ impl Worker {
         for peer in &self.peers {
             let _ = peer.send(WorkerMsg::Learned(news.clone()));
         }
+    }
+}
+
+/// Sends a port's backlog, then its queue of this turn, until the client's
+/// socket is full; keeps what is left in the backlog, up to
+/// [`BACKLOG_LIMIT`], and drops the rest.
+fn flush_port(
+    id: PortId,
+    port: &mut Port,
+    switch: &mut Switch,
+    arena: &FrameArena,
+    pool: &mut BacklogPool,
+    tx_batch: &mut SendBatch,
+) {
+    let mut queued = 0; // how much of `tx_queue` has been sent
+    loop {
+        let from_backlog = port.backlog.len().min(TX_BATCH);
+        let from_queue = (TX_BATCH - from_backlog).min(port.tx_queue.len() - queued);
+        if from_backlog + from_queue == 0 {
+            break;
+        }
+        let frames = port
+            .backlog
+            .iter()
+            .take(from_backlog)
+            .map(|&s| pool.frame(s))
+            .chain(
+                port.tx_queue[queued..queued + from_queue]
+                    .iter()
+                    .map(|&s| arena.frame(s)),
+            );
+        let result = match &*port.io {
+            PortIo::Datagram { socket, .. } => tx_batch.send(socket.as_fd(), frames),
+            PortIo::Tap(iface) => send_tap(iface, frames),
+        };
+        let sent = match result {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                // The client is gone or broken: nothing queued for it can
+                // be delivered. (Its control connection decides when the
+                // port goes.)
+                debug!("port {id}: send failed: {e}");
+                let lost = port.backlog.len() + port.tx_queue.len() - queued;
+                switch.record_drops(id, DropReason::TxError, lost as u64);
+                for slot in port.backlog.drain(..) {
+                    pool.release(slot);
+                }
+                port.tx_queue.clear();
+                return;
+            }
+        };
+        if sent > 0 {
+            port.last_progress = Instant::now();
+        }
+        for _ in 0..sent.min(from_backlog) {
+            if let Some(slot) = port.backlog.pop_front() {
+                switch.record_tx(id, pool.frame(slot).len());
+                pool.release(slot);
+            }
+        }
+        let sent_from_queue = sent.saturating_sub(from_backlog);
+        for &slot in &port.tx_queue[queued..queued + sent_from_queue] {
+            switch.record_tx(id, arena.frame(slot).len());
+        }
+        queued += sent_from_queue;
+        if sent < from_backlog + from_queue {
+            break; // the client's socket is full
+        }
+    }
+    let mut dropped = 0u64;
+    for &slot in &port.tx_queue[queued..] {
+        let kept = port.backlog.len() < BACKLOG_LIMIT
+            && pool
+                .store(arena.frame(slot))
+                .map(|copy| port.backlog.push_back(copy))
+                .is_some();
+        if !kept {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        switch.record_drops(id, DropReason::QueueFull, dropped);
+    }
+    port.tx_queue.clear();
+}
+
+/// Starts or stops asking epoll to say when a port's socket has room. The
+/// owner already watches the port for reading; other workers register it
+/// for writing only while they need to.
+fn watch_writable(poll: &Poll, id: PortId, port: &Port, on: bool) -> io::Result<()> {
+    let raw = port.io.fd().as_raw_fd();
+    let mut source = SourceFd(&raw);
+    let token = Token(id.index());
+    let registry = poll.registry();
+    match (port.owned, on) {
+        (true, true) => {
+            registry.reregister(&mut source, token, Interest::READABLE | Interest::WRITABLE)
+        }
+        (true, false) => registry.reregister(&mut source, token, Interest::READABLE),
+        (false, true) => registry.register(&mut source, token, Interest::WRITABLE),
+        (false, false) => registry.deregister(&mut source),
     }
 }
 
