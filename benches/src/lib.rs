@@ -1,1 +1,3 @@
 //! Benchmarks of uml-switch; see `benches/` for the criterion suites.
+
+pub mod loadgen;

@@ -26,6 +26,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Data-plane worker threads.
     pub threads: usize,
+    /// How long a worker keeps polling without sleeping after a frame.
+    pub busy_poll: Duration,
 }
 
 impl Config {
@@ -42,6 +44,7 @@ impl Config {
             fdb_min_persistence: fdb.min_persistence,
             handshake_timeout: Duration::from_secs(5),
             threads: 1,
+            busy_poll: Duration::from_micros(50),
         }
     }
 

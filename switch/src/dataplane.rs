@@ -79,6 +79,9 @@ pub const PAUSE_LOW: usize = BACKLOG_LIMIT / 8;
 pub const PAUSE_MAX: Duration = Duration::from_millis(20);
 /// A client that took nothing for this long pauses nobody.
 pub const STALL_AFTER: Duration = Duration::from_millis(100);
+/// Busy polling follows only turns this light: under load the next turn
+/// comes soon anyway, and spinning would take CPU from the clients.
+const SPIN_MAX_BATCH: usize = 4;
 /// How often aged-out forwarding entries are reclaimed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -268,8 +271,13 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Starts `workers` threads (at least one).
-    pub fn spawn(mut config: SwitchConfig, workers: usize) -> io::Result<Dataplane> {
+    /// Starts `workers` threads (at least one), which poll without sleeping
+    /// for `busy_poll` after each frame.
+    pub fn spawn(
+        mut config: SwitchConfig,
+        workers: usize,
+        busy_poll: Duration,
+    ) -> io::Result<Dataplane> {
         let workers = workers.max(1);
         config.announce_learning = workers > 1;
         let epoch = Instant::now();
@@ -298,7 +306,9 @@ impl Dataplane {
                     .name(format!("dataplane-{index}"))
                     // The worker's batches hold raw pointers for the kernel
                     // (not Send), so it is built on its own thread.
-                    .spawn(move || Worker::new(poll, inbox, peers, config, epoch).run())?,
+                    .spawn(move || {
+                        Worker::new(poll, inbox, peers, config, busy_poll, epoch).run()
+                    })?,
             );
         }
         let handle = DataplaneHandle {
@@ -425,6 +435,8 @@ struct Worker {
     pending_tx: Vec<PortId>,
     /// Ports not read because of back-pressure.
     paused: Vec<PortId>,
+    /// How long to keep polling without sleeping after the last frame.
+    busy_poll: Duration,
     epoch: Instant,
     running: bool,
 }
@@ -435,6 +447,7 @@ impl Worker {
         inbox: mpsc::Receiver<WorkerMsg>,
         peers: Vec<mpsc::Sender<WorkerMsg>>,
         config: SwitchConfig,
+        busy_poll: Duration,
         epoch: Instant,
     ) -> Self {
         let max_ports = config.max_ports as usize;
@@ -451,6 +464,7 @@ impl Worker {
             readable: VecDeque::with_capacity(max_ports),
             pending_tx: Vec::with_capacity(max_ports),
             paused: Vec::with_capacity(max_ports),
+            busy_poll,
             epoch,
             running: true,
         }
@@ -463,8 +477,11 @@ impl Worker {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
+        let mut last_frame = Instant::now();
         while self.running {
-            let timeout = if !self.readable.is_empty() {
+            let timeout = if !self.readable.is_empty()
+                || (!self.busy_poll.is_zero() && last_frame.elapsed() < self.busy_poll)
+            {
                 Duration::ZERO
             } else if !self.paused.is_empty() {
                 PAUSE_MAX
@@ -491,7 +508,10 @@ impl Worker {
             }
             self.handle_messages();
             self.end_overdue_pauses();
-            self.receive_round();
+            let received = self.receive_round();
+            if received > 0 && received <= SPIN_MAX_BATCH {
+                last_frame = Instant::now();
+            }
             self.flush();
             if Instant::now() >= next_housekeeping {
                 let now = self.now();
@@ -662,8 +682,9 @@ impl Worker {
 
     /// Gives each readable port one batch; ports that may have more stay in
     /// the queue for the next turn.
-    fn receive_round(&mut self) {
+    fn receive_round(&mut self) -> usize {
         let now = self.now();
+        let mut total = 0;
         for _ in 0..self.readable.len() {
             if self.arena.free_slots() < RX_BATCH {
                 self.flush();
@@ -690,10 +711,12 @@ impl Worker {
             if received == limit {
                 self.mark_readable(id);
             }
+            total += received;
             for slot in first..first + received {
                 self.forward(now, id, slot as u16);
             }
         }
+        total
     }
 
     /// Runs the forwarding core on one received frame and queues it.

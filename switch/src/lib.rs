@@ -36,8 +36,12 @@ use dataplane::{Dataplane, DataplaneHandle, PortInfo, PortIo};
 pub fn run(config: Config) -> Result<(), Error> {
     config.validate()?;
     let hash_seed = RandomState::new().build_hasher().finish();
-    let dataplane = Dataplane::spawn(config.switch_config(hash_seed), config.threads)
-        .map_err(|e| Error::os("cannot start the data plane", e))?;
+    let dataplane = Dataplane::spawn(
+        config.switch_config(hash_seed),
+        config.threads,
+        config.busy_poll,
+    )
+    .map_err(|e| Error::os("cannot start the data plane", e))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -13,6 +13,7 @@
 //! | `ready` | guest | `ok UPTIME` once `eth0` is up, or `error ...` |
 //! | `ping.out`, `ping.rc` | guest | full output and exit code of the ping of its peer (`ping.rc` last) |
 //! | `release` | host | barrier: the guest halts once it exists (or after a bounded wait) |
+//! | other files | guest ([`GuestBuilder::script`]) | whatever the script writes; see [`Guest::wait_file`] |
 //!
 //! [`SwitchProcess`] runs the switch under test (or, for comparison, the old
 //! `uml_switch` from uml-utilities, see [`SwitchImpl`]) optionally inside a
@@ -451,6 +452,7 @@ pub struct GuestBuilder<'a> {
     peer: Option<String>,
     ping_count: u32,
     mem: String,
+    script: Option<String>,
 }
 
 impl<'a> GuestBuilder<'a> {
@@ -485,6 +487,16 @@ impl<'a> GuestBuilder<'a> {
     /// Runs the guest inside `netns` (which must be where the switch runs).
     pub fn netns(mut self, netns: &'a NetNs) -> Self {
         self.netns = Some(netns);
+        self
+    }
+
+    /// Makes the guest run the `/bin/sh` commands `script` once `eth0` is
+    /// up (after the ping, if any) and before it waits for its `release`
+    /// barrier.  `$DIR` is the run directory (shared with the host, see
+    /// [`Guest::wait_file`]); `PATH` is set and `/proc` is mounted.  The
+    /// script must not halt the guest or wait unboundedly.
+    pub fn script(mut self, script: &str) -> Self {
+        self.script = Some(script.to_string());
         self
     }
 
@@ -617,6 +629,7 @@ ip addr show >>"$DIR/ready.tmp" 2>&1
 mv "$DIR/ready.tmp" "$DIR/ready"
 echo "E2E: $(head -n 1 "$DIR/ready")"
 {ping}
+{script}
 # Barrier: stay up (bounded) until the host is done with us.
 ticks=0
 while [ ! -e "$DIR/release" ] && [ "$ticks" -lt {hold_ticks} ]; do
@@ -627,6 +640,7 @@ echo "E2E: {name} halting"
 busybox halt -f
 "#,
             name = self.name,
+            script = self.script.as_deref().unwrap_or(""),
         )
     }
 }
@@ -662,16 +676,26 @@ impl Guest {
     /// Starts configuring a guest called `name` (also its run directory's
     /// name; keep it short and unique within the test) attached to `switch`.
     pub fn builder<'a>(name: &str, switch: &SwitchProcess) -> GuestBuilder<'a> {
+        let mut builder = Guest::builder_for_socket(name, switch.sock());
+        builder.switch_log = Some(switch.log().to_path_buf());
+        builder
+    }
+
+    /// Like [`Guest::builder`], for a switch this module does not manage
+    /// (e.g. vde2's `vde_switch`, whose control socket is `DIR/ctl`): the
+    /// guest's `eth0` connects to the daemon-protocol control socket `ctl`.
+    pub fn builder_for_socket<'a>(name: &str, ctl: &Path) -> GuestBuilder<'a> {
         GuestBuilder {
             name: checked_word(name),
-            ctl: switch.sock().to_path_buf(),
-            switch_log: Some(switch.log().to_path_buf()),
+            ctl: ctl.to_path_buf(),
+            switch_log: None,
             netns: None,
             mac: None,
             addr: None,
             peer: None,
             ping_count: 3,
             mem: "64M".into(),
+            script: None,
         }
     }
 
@@ -727,6 +751,14 @@ impl Guest {
             output,
             stats,
         }
+    }
+
+    /// Waits (at most `timeout`) until the guest writes `file` in its run
+    /// directory (e.g. a result of its [`GuestBuilder::script`]) and returns
+    /// its contents.  Panics if the guest exits first or is too slow.  The
+    /// guest should write the file under another name and rename it.
+    pub fn wait_file(&mut self, file: &str, timeout: Duration) -> String {
+        self.wait_for_file(file, timeout)
     }
 
     /// Opens the barrier: the guest halts once it has done its work.

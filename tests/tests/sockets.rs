@@ -708,6 +708,96 @@ fn ports_that_never_read_or_vanished_do_not_stall_the_switch() {
     drop(never_reads);
 }
 
+/// A learns B's MAC; A sends `count` unicast frames to B as fast as its
+/// (blocking) sends go, while B reads with short pauses. Returns the tags B
+/// received, in order, once the end marker arrived.
+fn unicast_burst(bench: &Bench, a: &Client, b: &Client, count: u32) -> Vec<u32> {
+    const END: u32 = 0xe0d0_0001;
+    let hello_b = tagged_frame(BROADCAST, mac(B), 0xb0b0);
+    b.send_frame(&hello_b).expect("send");
+    bench.frames_before(a, &hello_b, "A");
+    a.data_socket()
+        .set_write_timeout(Some(DELIVERY_TIMEOUT))
+        .expect("set timeout");
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut tags = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                match b.recv_frame(Duration::from_millis(200)) {
+                    Some(frame) => {
+                        let tag = u32::from_be_bytes(frame[14..18].try_into().unwrap());
+                        if tag == END {
+                            return tags;
+                        }
+                        tags.push(tag);
+                        if tags.len() % 100 == 0 {
+                            thread::sleep(Duration::from_micros(300));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            panic!("B never got the end marker ({} frames)", tags.len());
+        });
+        for tag in 0..count {
+            if let Err(err) = a.send_frame(&tagged_frame(mac(B), mac(A), tag)) {
+                panic!("A's send {tag} stalled: {err}\n{}", bench.logs());
+            }
+        }
+        a.send_frame(&tagged_frame(mac(B), mac(A), END))
+            .expect("send end marker");
+        reader.join().expect("reader thread")
+    })
+}
+
+/// A client that keeps up loses nothing, however fast the sender: what its
+/// 10-datagram socket queue cannot take waits in the switch, and the
+/// sender is held back meanwhile.
+#[test]
+fn a_fast_sender_loses_nothing_to_a_receiver_that_keeps_up() {
+    const FRAMES: u32 = 5000;
+    let bench = Bench::start();
+    let a = bench.attach(DataSocketKind::Abstract);
+    let b = bench.attach(DataSocketKind::Abstract);
+    let tags = unicast_burst(&bench, &a, &b, FRAMES);
+    let expected: Vec<u32> = (0..FRAMES).collect();
+    if tags != expected {
+        let missing = FRAMES as usize - tags.len();
+        panic!(
+            "B got {} of {FRAMES} frames ({missing} lost or reordered)\n{}",
+            tags.len(),
+            bench.logs()
+        );
+    }
+}
+
+/// A client that never reads cannot hold back the ports that send to it
+/// for long: once it is seen to make no progress, its frames are dropped
+/// and its senders flow on.
+#[test]
+fn a_receiver_that_never_reads_does_not_stall_its_sender() {
+    let bench = Bench::start();
+    let a = bench.attach(DataSocketKind::Abstract);
+    let b = bench.attach(DataSocketKind::Abstract);
+    let c = bench.attach(DataSocketKind::Pathname);
+    let hello_b = tagged_frame(BROADCAST, mac(B), 0xb0b1);
+    b.send_frame(&hello_b).expect("send");
+    bench.frames_before(&a, &hello_b, "A");
+    // B never reads again; A sends it far more than any queue holds.
+    a.data_socket()
+        .set_write_timeout(Some(DELIVERY_TIMEOUT))
+        .expect("set timeout");
+    for tag in 0..3000 {
+        if let Err(err) = a.send_frame(&tagged_frame(mac(B), mac(A), tag)) {
+            panic!("A's send {tag} stalled: {err}\n{}", bench.logs());
+        }
+    }
+    let to_c = tagged_frame(mac(0x77), mac(A), 0xc0c0);
+    a.send_frame(&to_c).expect("send");
+    bench.frames_before(&c, &to_c, "C");
+}
+
 // ---------------------------------------------------------------------------
 // Process lifecycle and exit codes
 // ---------------------------------------------------------------------------
