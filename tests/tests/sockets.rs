@@ -724,18 +724,15 @@ fn unicast_burst(bench: &Bench, a: &Client, b: &Client, count: u32) -> Vec<u32> 
             let mut tags = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
-                match b.recv_frame(Duration::from_millis(200)) {
-                    Some(frame) => {
-                        let tag = u32::from_be_bytes(frame[14..18].try_into().unwrap());
-                        if tag == END {
-                            return tags;
-                        }
-                        tags.push(tag);
-                        if tags.len() % 100 == 0 {
-                            thread::sleep(Duration::from_micros(300));
-                        }
+                if let Some(frame) = b.recv_frame(Duration::from_millis(200)) {
+                    let tag = u32::from_be_bytes(frame[14..18].try_into().unwrap());
+                    if tag == END {
+                        return tags;
                     }
-                    None => {}
+                    tags.push(tag);
+                    if tags.len() % 100 == 0 {
+                        thread::sleep(Duration::from_micros(300));
+                    }
                 }
             }
             panic!("B never got the end marker ({} frames)", tags.len());
