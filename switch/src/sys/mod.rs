@@ -70,15 +70,12 @@ impl RecvBatch {
                 iov_base: chunk.as_mut_ptr().cast(),
                 iov_len: slot_len,
             };
-            let hdr = &mut self.headers[i];
-            hdr.msg_hdr.msg_name = (&mut self.sources[i] as *mut libc::sockaddr_un).cast();
-            hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-            hdr.msg_hdr.msg_iov = &mut self.iovecs[i];
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr.msg_hdr.msg_control = ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
-            hdr.msg_hdr.msg_flags = 0;
-            hdr.msg_len = 0;
+            point_header(
+                &mut self.headers[i],
+                &mut self.iovecs[i],
+                (&mut self.sources[i] as *mut libc::sockaddr_un).cast(),
+                mem::size_of::<libc::sockaddr_un>(),
+            );
         }
         loop {
             // SAFETY: `headers[..count]` point at `count` iovecs, each
@@ -127,6 +124,24 @@ impl RecvBatch {
     }
 }
 
+/// Points one message header at one iovec and an address buffer of
+/// `name_len` bytes (null for none), with no control data.
+fn point_header(
+    hdr: &mut libc::mmsghdr,
+    iov: &mut libc::iovec,
+    name: *mut libc::c_void,
+    name_len: usize,
+) {
+    hdr.msg_hdr.msg_name = name;
+    hdr.msg_hdr.msg_namelen = name_len as libc::socklen_t;
+    hdr.msg_hdr.msg_iov = iov;
+    hdr.msg_hdr.msg_iovlen = 1;
+    hdr.msg_hdr.msg_control = ptr::null_mut();
+    hdr.msg_hdr.msg_controllen = 0;
+    hdr.msg_hdr.msg_flags = 0;
+    hdr.msg_len = 0;
+}
+
 /// Reusable state for sending up to `capacity` datagrams on a connected
 /// socket with one `sendmmsg` call.
 pub struct SendBatch {
@@ -173,16 +188,8 @@ impl SendBatch {
             };
             count += 1;
         }
-        for i in 0..count {
-            let hdr = &mut self.headers[i];
-            hdr.msg_hdr.msg_name = ptr::null_mut();
-            hdr.msg_hdr.msg_namelen = 0;
-            hdr.msg_hdr.msg_iov = &mut self.iovecs[i];
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr.msg_hdr.msg_control = ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
-            hdr.msg_hdr.msg_flags = 0;
-            hdr.msg_len = 0;
+        for (hdr, iov) in self.headers.iter_mut().zip(&mut self.iovecs).take(count) {
+            point_header(hdr, iov, ptr::null_mut(), 0);
         }
         if count == 0 {
             return Ok(0);
