@@ -105,10 +105,20 @@ fn learn(target: &Target, ports: &[Port]) -> io::Result<()> {
         p.send(&client::frame(BROADCAST, p.mac, 64))?;
     }
     thread::sleep(LEARN_WAIT);
-    for p in ports {
-        p.drain()?;
+    // A switch with per-port backlogs delivers the broadcasts that did not
+    // fit in a receiver's 10-datagram queue as it drains: drain until quiet
+    // (bounded), so that no broadcast is taken for a stray unicast later.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let mut drained = 0;
+        for p in ports {
+            drained += p.drain()?;
+        }
+        if drained == 0 || Instant::now() >= deadline {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
 }
 
 /// Sends one unicast per (sender, receiver) pair and checks that it reaches
