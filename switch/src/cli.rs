@@ -14,6 +14,9 @@ Examples:
       then boot User-Mode-Linux guests with  eth0=daemon,,unix,/tmp/uml.ctl
   uml-switch --sock /run/uml.ctl --tap tap0
       also attach host interface tap0 (created if missing; needs root)
+  uml-switch --vde-dir /run/vde.ctl --mode 0660 --group kvm
+      the vde_switch layout, for vde_plug /run/vde.ctl, QEMU -netdev vde
+      and UML eth0=vde,/run/vde.ctl, usable by group kvm
 
 Logs go to stderr; set UML_SWITCH_LOG=debug for more.";
 
@@ -22,15 +25,23 @@ Logs go to stderr; set UML_SWITCH_LOG=debug for more.";
 #[derive(Debug, Parser)]
 #[command(name = "uml-switch", version, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Control socket to listen on; give guests `eth0=daemon,,unix,PATH`.
-    #[arg(
-        short,
-        long,
-        value_name = "PATH",
-        default_value = "/tmp/uml.ctl",
-        env = "UML_SWITCH_SOCK"
-    )]
-    pub sock: PathBuf,
+    /// Control socket to listen on; give guests `eth0=daemon,,unix,PATH`
+    /// [default: /tmp/uml.ctl, unless --vde-dir is given]
+    #[arg(short, long, value_name = "PATH", env = "UML_SWITCH_SOCK")]
+    pub sock: Option<PathBuf>,
+    /// Also (or instead) serve a vde_switch-style directory: DIR/ctl and one
+    /// data socket per port, for vde_plug, QEMU `-netdev vde,sock=DIR` and
+    /// UML `eth0=vde,DIR` (or `eth0=daemon,,unix,DIR/ctl`).
+    #[arg(long, value_name = "DIR")]
+    pub vde_dir: Option<PathBuf>,
+    /// Permission bits (octal) of the socket files created; directories get
+    /// search permission for the same classes.
+    #[arg(short, long, value_name = "MODE", default_value = "0600",
+          value_parser = crate::files::parse_mode)]
+    pub mode: u32,
+    /// Group (name or id) given to the sockets and directory created.
+    #[arg(short, long, value_name = "GROUP")]
+    pub group: Option<String>,
     /// Attach a host tap interface as a port, creating it if it does not
     /// exist (repeatable). Addresses on it are left to you.
     #[arg(short, long = "tap", value_name = "NAME")]
@@ -82,7 +93,11 @@ impl Cli {
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             threads: usize::from(self.threads),
             busy_poll: Duration::from_micros(self.busy_poll),
-            ..Config::new(&self.sock)
+            sock: self.sock.clone(),
+            vde_dir: self.vde_dir.clone(),
+            mode: self.mode,
+            group: self.group.clone(),
+            ..Config::new(crate::config::DEFAULT_SOCK)
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The switch's configuration, as the command line gives it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The control socket when none is given: upstream UML's default.
+pub const DEFAULT_SOCK: &str = "/tmp/uml.ctl";
 use std::time::Duration;
 
 use uml_switch_proto::{FdbConfig, SwitchConfig};
@@ -8,8 +11,15 @@ use uml_switch_proto::{FdbConfig, SwitchConfig};
 /// Everything `run` needs to know.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The control socket UML is given in `eth0=daemon,,unix,PATH`.
-    pub sock: PathBuf,
+    /// The control socket UML is given in `eth0=daemon,,unix,PATH`
+    /// (see [`Config::control_socket`] for the default).
+    pub sock: Option<PathBuf>,
+    /// A vde_switch-style directory to serve (`DIR/ctl` and data sockets).
+    pub vde_dir: Option<PathBuf>,
+    /// Permission bits of the socket files created.
+    pub mode: u32,
+    /// Group (name or id) of the files created.
+    pub group: Option<String>,
     /// Host tap interfaces to attach, each as a port.
     pub taps: Vec<String>,
     /// Hub mode: flood every frame, learn nothing.
@@ -35,7 +45,10 @@ impl Config {
     pub fn new(sock: impl Into<PathBuf>) -> Self {
         let fdb = FdbConfig::default();
         Config {
-            sock: sock.into(),
+            sock: Some(sock.into()),
+            vde_dir: None,
+            mode: 0o600,
+            group: None,
             taps: Vec::new(),
             hub: false,
             max_ports: SwitchConfig::default().max_ports,
@@ -45,6 +58,16 @@ impl Config {
             handshake_timeout: Duration::from_secs(5),
             threads: 1,
             busy_poll: Duration::from_micros(50),
+        }
+    }
+
+    /// The `--sock` control socket: as given, or `/tmp/uml.ctl` (UML's
+    /// default) when neither `--sock` nor `--vde-dir` is given.
+    pub fn control_socket(&self) -> Option<&Path> {
+        match (&self.sock, &self.vde_dir) {
+            (Some(sock), _) => Some(sock),
+            (None, None) => Some(Path::new(DEFAULT_SOCK)),
+            (None, Some(_)) => None,
         }
     }
 

@@ -31,8 +31,9 @@ use uml_switch_proto::wire::{
 };
 use uml_switch_proto::PortId;
 
-use crate::dataplane::{DataplaneHandle, PortInfo, PortIo};
+use crate::dataplane::{AddPortError, DataplaneHandle, PortInfo, PortIo};
 use crate::error::{create_hint, Error};
+use crate::files::{Permissions, RemoveOnDrop};
 
 /// Client handshakes in progress at once; more are refused at once, so
 /// that a crowd of silent connections cannot exhaust descriptors.
@@ -42,15 +43,36 @@ const DATA_SOCKET_BUFFER: usize = 2 << 20;
 /// How long writing the 110-byte reply may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How a listener sets up its clients' ports.
+#[derive(Debug)]
+pub struct ListenerSetup {
+    /// Where data sockets go.
+    pub placement: DataPlacement,
+    /// Mode and group of the files made.
+    pub perms: Permissions,
+    /// How long a client may take to send its request.
+    pub handshake_timeout: Duration,
+}
+
+/// A port attached through a control connection; `_file` removes its data
+/// socket file (if any) when the port goes, or when the switch stops.
+struct Attached {
+    port: PortId,
+    info: PortInfo,
+    _file: Option<RemoveOnDrop>,
+}
+
 /// The control socket, bound. Removes its file when dropped.
 pub struct ControlSocket {
     listener: std::os::unix::net::UnixListener,
     path: PathBuf,
+    setup: Arc<ListenerSetup>,
 }
 
 impl ControlSocket {
-    /// Binds `path`, replacing a stale socket file that nobody listens on.
-    pub fn bind(path: &Path) -> Result<Self, Error> {
+    /// Binds `path` (with the mode and group of `setup`), replacing a
+    /// stale socket file that nobody listens on.
+    pub fn bind(path: &Path, setup: ListenerSetup) -> Result<Self, Error> {
         // Checked first so that an over-long path gets a clear message.
         SockaddrUn::pathname(path.as_os_str().as_bytes())?;
         match std::fs::symlink_metadata(path) {
@@ -88,17 +110,21 @@ impl ControlSocket {
                 })
             }
         }
-        let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| Error::Bind {
-            path: path.into(),
-            hint: create_hint(&e),
-            source: e,
-        })?;
+        let listener = setup
+            .perms
+            .create_file(path, || std::os::unix::net::UnixListener::bind(path))
+            .map_err(|e| Error::Bind {
+                path: path.into(),
+                hint: create_hint(&e),
+                source: e,
+            })?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::os("control socket: cannot make it non-blocking", e))?;
         Ok(ControlSocket {
             listener,
             path: path.into(),
+            setup: Arc::new(setup),
         })
     }
 
@@ -108,11 +134,7 @@ impl ControlSocket {
     }
 
     /// Accepts clients until the task is dropped.
-    pub async fn serve(
-        &self,
-        dataplane: DataplaneHandle,
-        handshake_timeout: Duration,
-    ) -> Result<(), Error> {
+    pub async fn serve(&self, dataplane: DataplaneHandle) -> Result<(), Error> {
         let listener = UnixListener::from_std(
             self.listener
                 .try_clone()
@@ -135,9 +157,10 @@ impl ControlSocket {
                 continue;
             };
             let dataplane = dataplane.clone();
+            let setup = self.setup.clone();
             tokio::spawn(async move {
                 let client = Client::new(stream);
-                client.serve(dataplane, handshake_timeout, permit).await;
+                client.serve(dataplane, setup, permit).await;
             });
         }
     }
@@ -172,7 +195,7 @@ enum HandshakeError {
     #[error("writing the reply failed ({0}); the client went away")]
     Reply(io::Error),
     #[error("no port for it: {0}")]
-    NoPort(crate::dataplane::AddPortError),
+    NoPort(AddPortError),
     #[error("the switch is shutting down")]
     Stopping,
 }
@@ -193,10 +216,10 @@ impl Client {
     async fn serve(
         mut self,
         dataplane: DataplaneHandle,
-        handshake_timeout: Duration,
+        setup: Arc<ListenerSetup>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let (port, info) = match self.handshake(&dataplane, handshake_timeout).await {
+        let Attached { port, info, _file } = match self.handshake(&dataplane, &setup).await {
             Ok(attached) => attached,
             Err(HandshakeError::HungUp(0)) => {
                 // A liveness probe (another switch starting, a test harness).
@@ -239,17 +262,26 @@ impl Client {
     async fn handshake(
         &mut self,
         dataplane: &DataplaneHandle,
-        timeout: Duration,
-    ) -> Result<(PortId, PortInfo), HandshakeError> {
+        setup: &ListenerSetup,
+    ) -> Result<Attached, HandshakeError> {
+        let timeout = setup.handshake_timeout;
         let request = tokio::time::timeout(timeout, self.read_request())
             .await
             .map_err(|_| HandshakeError::Timeout(timeout))??;
-        let (socket, address) =
-            open_data_socket(&request.client).map_err(HandshakeError::DataSocket)?;
         let wanted = match (request.kind, request.port) {
             (RequestKind::NewPort0, _) => Some(PortId(0)),
             (RequestKind::NewControl, 0) => None,
             (RequestKind::NewControl, n) => Some(PortId(n)),
+        };
+        let port = dataplane
+            .claim(wanted)
+            .map_err(|e| HandshakeError::NoPort(AddPortError::Number(e)))?;
+        let data = match open_data_socket(&request.client, port, &setup.placement, &setup.perms) {
+            Ok(data) => data,
+            Err(e) => {
+                dataplane.release(port);
+                return Err(HandshakeError::DataSocket(e));
+            }
         };
         let info = PortInfo {
             transport: "daemon",
@@ -257,21 +289,28 @@ impl Client {
             description: request.description.clone(),
         };
         let io = PortIo::Datagram {
-            socket,
+            socket: data.socket,
             client: request.client,
         };
-        let port = dataplane
-            .add_port(wanted, io, info.clone())
+        dataplane
+            .attach(port, io, info.clone())
             .await
             .map_err(|_| HandshakeError::Stopping)?
             .map_err(HandshakeError::NoPort)?;
-        let reply =
-            tokio::time::timeout(REPLY_TIMEOUT, self.stream.write_all(address.as_bytes())).await;
+        let reply = tokio::time::timeout(
+            REPLY_TIMEOUT,
+            self.stream.write_all(data.address.as_bytes()),
+        )
+        .await;
         if let Err(e) = reply.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())) {
             let _ = dataplane.remove_port(port).await;
             return Err(HandshakeError::Reply(e));
         }
-        Ok((port, info))
+        Ok(Attached {
+            port,
+            info,
+            _file: data.file,
+        })
     }
 
     /// Reads until a whole request has arrived (at least 122 bytes), then
@@ -308,21 +347,55 @@ impl Client {
 
 static DATA_SOCKET_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Makes a port's data socket: bound to a fresh abstract address (the
-/// reply) and connected to the client, so the kernel delivers only the
-/// client's frames and exempts the client's sends from the 10-datagram
-/// queue limit (`net.unix.max_dgram_qlen`).
-fn open_data_socket(client: &SockaddrUn) -> Result<(UnixDatagram, SockaddrUn), String> {
-    let name = format!(
-        "uml-switch.{}.{}",
-        std::process::id(),
-        DATA_SOCKET_SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    let address = SockaddrUn::abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
-    let bind_to = SocketAddr::from_abstract_name(&address.as_bytes()[3..])
-        .map_err(|e| format!("cannot form the data socket address: {e}"))?;
-    let socket = UnixDatagram::bind_addr(&bind_to)
-        .map_err(|e| format!("cannot create a data socket: {e}"))?;
+/// Where a listener puts its ports' data sockets.
+#[derive(Debug, Clone)]
+pub enum DataPlacement {
+    /// Fresh abstract addresses (`--sock`): no files, but reachable only
+    /// from the switch's network namespace, like UML's own.
+    Abstract,
+    /// Socket files `NNN.SEQ` in this directory (`--vde-dir`), as
+    /// vde_switch makes them.
+    Directory(PathBuf),
+}
+
+/// A port's data socket, ready to attach: bound (the reply), connected to
+/// the client, so the kernel delivers only the client's frames and exempts
+/// the client's sends from the 10-datagram queue limit
+/// (`net.unix.max_dgram_qlen`). `file` removes a socket file with the port.
+struct DataSocket {
+    socket: UnixDatagram,
+    address: SockaddrUn,
+    file: Option<RemoveOnDrop>,
+}
+
+fn open_data_socket(
+    client: &SockaddrUn,
+    port: PortId,
+    placement: &DataPlacement,
+    perms: &Permissions,
+) -> Result<DataSocket, String> {
+    let seq = DATA_SOCKET_SEQ.fetch_add(1, Ordering::Relaxed);
+    let (socket, address, file) = match placement {
+        DataPlacement::Abstract => {
+            let name = format!("uml-switch.{}.{:03}.{seq}", std::process::id(), port.0);
+            let address = SockaddrUn::abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
+            let bind_to = SocketAddr::from_abstract_name(&address.as_bytes()[3..])
+                .map_err(|e| format!("cannot form the data socket address: {e}"))?;
+            let socket = UnixDatagram::bind_addr(&bind_to)
+                .map_err(|e| format!("cannot create a data socket: {e}"))?;
+            (socket, address, None)
+        }
+        DataPlacement::Directory(dir) => {
+            let path = dir.join(format!("{:03}.{seq}", port.0));
+            let address =
+                SockaddrUn::pathname(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+            // bind() never follows a symlink: a planted file makes it fail.
+            let socket = perms
+                .create_file(&path, || UnixDatagram::bind(&path))
+                .map_err(|e| format!("cannot create data socket {}: {e}", path.display()))?;
+            (socket, address, Some(RemoveOnDrop(path)))
+        }
+    };
     let client_addr = match client.kind() {
         SockaddrKind::Abstract(name) => SocketAddr::from_abstract_name(name),
         SockaddrKind::Pathname(path) => SocketAddr::from_pathname(OsStr::from_bytes(path)),
@@ -344,5 +417,9 @@ fn open_data_socket(client: &SockaddrUn) -> Result<(UnixDatagram, SockaddrUn), S
     if let Err(e) = crate::sys::set_buffer_sizes(socket.as_fd(), DATA_SOCKET_BUFFER) {
         warn!("data socket: cannot enlarge its buffers ({e}); bursts may be dropped");
     }
-    Ok((socket, address))
+    Ok(DataSocket {
+        socket,
+        address,
+        file,
+    })
 }

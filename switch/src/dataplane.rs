@@ -189,11 +189,33 @@ impl DataplaneHandle {
         io: PortIo,
         info: PortInfo,
     ) -> io::Result<Result<PortId, AddPortError>> {
-        let claimed = self.lock_numbers().claim(wanted);
-        let id = match claimed {
+        let id = match self.claim(wanted) {
             Ok(id) => id,
             Err(e) => return Ok(Err(AddPortError::Number(e))),
         };
+        Ok(self.attach(id, io, info).await?.map(|()| id))
+    }
+
+    /// Reserves a port number: `wanted`, or the first free one. Give it
+    /// back with [`DataplaneHandle::release`] if no port is attached.
+    pub fn claim(&self, wanted: Option<PortId>) -> Result<PortId, SwitchError> {
+        self.lock_numbers().claim(wanted)
+    }
+
+    /// Gives back a number from [`DataplaneHandle::claim`] that was not
+    /// attached.
+    pub fn release(&self, id: PortId) {
+        self.lock_numbers().release(id);
+    }
+
+    /// Attaches a port under a claimed number, once its owner watches it;
+    /// on failure the number is free again.
+    pub async fn attach(
+        &self,
+        id: PortId,
+        io: PortIo,
+        info: PortInfo,
+    ) -> io::Result<Result<(), AddPortError>> {
         let io = Arc::new(io);
         let owner = id.index() % self.workers.len();
         let (reply, registered) = oneshot::channel();
@@ -207,7 +229,7 @@ impl DataplaneHandle {
             })?;
         }
         match registered.await.map_err(|_| stopped())? {
-            Ok(()) => Ok(Ok(id)),
+            Ok(()) => Ok(Ok(())),
             Err(e) => {
                 self.remove_port(id).await?;
                 Ok(Err(AddPortError::Watch(e)))

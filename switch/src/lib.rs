@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 mod error;
+pub mod files;
 mod sys;
 
 use std::collections::hash_map::RandomState;
@@ -28,13 +29,29 @@ use tracing::info;
 pub use config::Config;
 pub use error::Error;
 
-use control::ControlSocket;
+use control::{ControlSocket, DataPlacement, ListenerSetup};
 use dataplane::{Dataplane, DataplaneHandle, PortInfo, PortIo};
+use files::{Permissions, VdeDir};
 
 /// Runs the switch until SIGINT or SIGTERM; returns after removing the
 /// control socket.
 pub fn run(config: Config) -> Result<(), Error> {
     config.validate()?;
+    let perms = Permissions {
+        mode: config.mode,
+        gid: config
+            .group
+            .as_deref()
+            .map(files::resolve_group)
+            .transpose()?,
+    };
+    // Made before the runtime and dropped after it: the runtime's tasks
+    // remove the data sockets inside it when they are dropped.
+    let vde_dir = config
+        .vde_dir
+        .as_deref()
+        .map(|dir| VdeDir::prepare(dir, &perms))
+        .transpose()?;
     let hash_seed = RandomState::new().build_hasher().finish();
     let dataplane = Dataplane::spawn(
         config.switch_config(hash_seed),
@@ -46,13 +63,19 @@ pub fn run(config: Config) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::os("cannot start the control plane", e))?;
-    let result = runtime.block_on(serve(&config, &dataplane.handle));
+    let result = runtime.block_on(serve(&config, perms, vde_dir.as_ref(), &dataplane.handle));
     drop(runtime);
     dataplane.stop();
+    drop(vde_dir);
     result
 }
 
-async fn serve(config: &Config, dataplane: &DataplaneHandle) -> Result<(), Error> {
+async fn serve(
+    config: &Config,
+    perms: Permissions,
+    vde_dir: Option<&VdeDir>,
+    dataplane: &DataplaneHandle,
+) -> Result<(), Error> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::os("cannot handle SIGTERM", e))?;
     let mut sigint =
@@ -60,17 +83,50 @@ async fn serve(config: &Config, dataplane: &DataplaneHandle) -> Result<(), Error
     for name in &config.taps {
         attach_tap(dataplane, name).await?;
     }
-    let control = ControlSocket::bind(&config.sock)?;
+    let setup = |placement| ListenerSetup {
+        placement,
+        perms,
+        handshake_timeout: config.handshake_timeout,
+    };
+    let vde_ctl = vde_dir
+        .map(|dir| {
+            let placement = DataPlacement::Directory(dir.path().to_path_buf());
+            ControlSocket::bind(&dir.ctl(), setup(placement))
+        })
+        .transpose()?;
+    let sock = config.control_socket();
+    let daemon_ctl = sock
+        .map(|path| ControlSocket::bind(path, setup(DataPlacement::Abstract)))
+        .transpose()?;
+    if let Some(ctl) = &daemon_ctl {
+        let path = ctl.path().display();
+        info!("listening on {path}; UML: eth0=daemon,,unix,{path}");
+    }
+    if let (Some(dir), Some(ctl)) = (vde_dir, &vde_ctl) {
+        let dir = dir.path().display();
+        info!(
+            "serving vde directory {dir}; vde_plug {dir}, QEMU -netdev vde,sock={dir}, UML eth0=vde,{dir} or eth0=daemon,,unix,{}",
+            ctl.path().display()
+        );
+    }
     info!(
-        "uml-switch {} listening on {} ({} mode, {} ports); UML: eth0=daemon,,unix,{}",
+        "uml-switch {} running ({} mode, {} ports)",
         env!("CARGO_PKG_VERSION"),
-        control.path().display(),
         if config.hub { "hub" } else { "switch" },
         config.max_ports,
-        control.path().display(),
     );
+    let serve_on = |ctl: Option<ControlSocket>| {
+        let dataplane = dataplane.clone();
+        async move {
+            match ctl {
+                Some(ctl) => ctl.serve(dataplane).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     tokio::select! {
-        result = control.serve(dataplane.clone(), config.handshake_timeout) => result?,
+        result = serve_on(daemon_ctl) => result?,
+        result = serve_on(vde_ctl) => result?,
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }

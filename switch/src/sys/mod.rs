@@ -240,6 +240,24 @@ pub fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` with the process umask set to `mask`, then restores it. The
+/// umask is process-wide: only the control plane, which runs on one
+/// thread, creates files.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only swaps an integer in the process; it cannot fail.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let result = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    result
+}
+
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Borrows the descriptor of a type that only offers `AsRawFd` (such as
 /// `tun_tap::Iface`) for as long as the owner is borrowed.
 pub fn borrow_fd<T: AsRawFd>(owner: &T) -> BorrowedFd<'_> {
