@@ -97,7 +97,6 @@ impl Cli {
             vde_dir: self.vde_dir.clone(),
             mode: self.mode,
             group: self.group.clone(),
-            ..Config::new(crate::config::DEFAULT_SOCK)
         }
     }
 }
