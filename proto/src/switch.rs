@@ -83,6 +83,9 @@ pub enum SwitchError {
     /// The port exists already.
     #[error("port {0} is already in use")]
     PortInUse(PortId),
+    /// The port is in use by another user's client.
+    #[error("port {port} is in use by {}; only its user (or root) may join it", owner.map_or("a client of unknown user".to_string(), |uid| format!("uid {uid}")))]
+    PortOwned { port: PortId, owner: Option<u32> },
     /// Every port number is taken.
     #[error("all {max} ports are in use (raise --max-ports)")]
     NoFreePort { max: u32 },

@@ -31,7 +31,7 @@ use uml_switch_proto::wire::{
 };
 use uml_switch_proto::PortId;
 
-use crate::dataplane::{AddPortError, DataplaneHandle, PortInfo, PortIo};
+use crate::dataplane::{AddPortError, Claim, DataplaneHandle, PortInfo, PortIo};
 use crate::error::{create_hint, Error};
 use crate::files::{Permissions, RemoveOnDrop};
 
@@ -57,7 +57,7 @@ pub struct ListenerSetup {
 /// A port attached through a control connection; `_file` removes its data
 /// socket file (if any) when the port goes, or when the switch stops.
 struct Attached {
-    port: PortId,
+    claim: Claim,
     info: PortInfo,
     _file: Option<RemoveOnDrop>,
 }
@@ -177,6 +177,8 @@ struct Client {
     stream: UnixStream,
     /// "pid N uid N" of the peer, for logs.
     who: String,
+    /// The peer's uid (SO_PEERCRED): who may share its port.
+    uid: Option<u32>,
 }
 
 /// Why a handshake failed.
@@ -202,15 +204,20 @@ enum HandshakeError {
 
 impl Client {
     fn new(stream: UnixStream) -> Self {
-        let who = match stream.peer_cred() {
-            Ok(cred) => format!(
+        let cred = stream.peer_cred().ok();
+        let who = match &cred {
+            Some(cred) => format!(
                 "pid {} uid {}",
                 cred.pid().map_or("?".into(), |p| p.to_string()),
                 cred.uid()
             ),
-            Err(_) => "unknown peer".into(),
+            None => "unknown peer".into(),
         };
-        Client { stream, who }
+        Client {
+            stream,
+            who,
+            uid: cred.map(|c| c.uid()),
+        }
     }
 
     async fn serve(
@@ -219,7 +226,7 @@ impl Client {
         setup: Arc<ListenerSetup>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let Attached { port, info, _file } = match self.handshake(&dataplane, &setup).await {
+        let Attached { claim, info, _file } = match self.handshake(&dataplane, &setup).await {
             Ok(attached) => attached,
             Err(HandshakeError::HungUp(0)) => {
                 // A liveness probe (another switch starting, a test harness).
@@ -232,6 +239,7 @@ impl Client {
             }
         };
         drop(permit);
+        let port = claim.port;
         info!(
             "port {port} connected: {} client {}{}",
             info.transport,
@@ -249,11 +257,15 @@ impl Client {
             Ok(_) => warn!("port {port}: client ({}) wrote on its control connection after its request; closing the port", self.who),
             Err(e) => warn!("port {port}: control connection ({}) failed: {e}; closing the port", self.who),
         }
-        match dataplane.remove_port(port).await {
-            Ok(stats) => info!(
+        match dataplane.remove(claim).await {
+            Ok(Some(stats)) => info!(
                 "port {port} disconnected ({}): {}",
                 info.peer,
                 stats.summary()
+            ),
+            Ok(None) => info!(
+                "port {port}: client {} left; the port's other clients stay",
+                info.peer
             ),
             Err(e) => debug!("port {port}: not removed: {e}"),
         }
@@ -273,13 +285,13 @@ impl Client {
             (RequestKind::NewControl, 0) => None,
             (RequestKind::NewControl, n) => Some(PortId(n)),
         };
-        let port = dataplane
-            .claim(wanted)
-            .map_err(|e| HandshakeError::NoPort(AddPortError::Number(e)))?;
-        let data = match open_data_socket(&request.client, port, &setup.placement, &setup.perms) {
+        let claim = dataplane
+            .claim(wanted, self.uid)
+            .map_err(HandshakeError::NoPort)?;
+        let data = match open_data_socket(&request.client, claim, &setup.placement, &setup.perms) {
             Ok(data) => data,
             Err(e) => {
-                dataplane.release(port);
+                dataplane.release(claim);
                 return Err(HandshakeError::DataSocket(e));
             }
         };
@@ -293,7 +305,7 @@ impl Client {
             client: request.client,
         };
         dataplane
-            .attach(port, io, info.clone())
+            .attach(claim, io, info.clone())
             .await
             .map_err(|_| HandshakeError::Stopping)?
             .map_err(HandshakeError::NoPort)?;
@@ -303,11 +315,11 @@ impl Client {
         )
         .await;
         if let Err(e) = reply.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())) {
-            let _ = dataplane.remove_port(port).await;
+            let _ = dataplane.remove(claim).await;
             return Err(HandshakeError::Reply(e));
         }
         Ok(Attached {
-            port,
+            claim,
             info,
             _file: data.file,
         })
@@ -370,14 +382,19 @@ struct DataSocket {
 
 fn open_data_socket(
     client: &SockaddrUn,
-    port: PortId,
+    claim: Claim,
     placement: &DataPlacement,
     perms: &Permissions,
 ) -> Result<DataSocket, String> {
     let seq = DATA_SOCKET_SEQ.fetch_add(1, Ordering::Relaxed);
     let (socket, address, file) = match placement {
         DataPlacement::Abstract => {
-            let name = format!("uml-switch.{}.{:03}.{seq}", std::process::id(), port.0);
+            let name = format!(
+                "uml-switch.{}.{:03}.{}.{seq}",
+                std::process::id(),
+                claim.port.0,
+                claim.ep.0
+            );
             let address = SockaddrUn::abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
             let bind_to = SocketAddr::from_abstract_name(&address.as_bytes()[3..])
                 .map_err(|e| format!("cannot form the data socket address: {e}"))?;
@@ -386,7 +403,9 @@ fn open_data_socket(
             (socket, address, None)
         }
         DataPlacement::Directory(dir) => {
-            let path = dir.join(format!("{:03}.{seq}", port.0));
+            // The sequence number keeps names unique even while a departed
+            // client's file is still being removed.
+            let path = dir.join(format!("{:03}.{seq}", claim.port.0));
             let address =
                 SockaddrUn::pathname(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
             // bind() never follows a symlink: a planted file makes it fail.

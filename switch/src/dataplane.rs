@@ -82,10 +82,27 @@ pub const STALL_AFTER: Duration = Duration::from_millis(100);
 /// Busy polling follows only turns this light: under load the next turn
 /// comes soon anyway, and spinning would take CPU from the clients.
 const SPIN_MAX_BATCH: usize = 4;
+/// How many endpoints a switch of `max_ports` ports can hold: several
+/// clients may share a port.
+pub fn max_endpoints(max_ports: usize) -> usize {
+    max_ports * 4
+}
+
 /// How often aged-out forwarding entries are reclaimed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 const WAKER: Token = Token(usize::MAX);
+
+/// One client connection to a port (several may share a port): the
+/// index of its socket in every worker and its epoll token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointId(pub u32);
+
+impl EndpointId {
+    fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// How a port moves frames.
 pub enum PortIo {
@@ -129,21 +146,26 @@ pub enum AddPortError {
     /// epoll would not watch the port's descriptor.
     #[error("cannot watch its descriptor: {0}")]
     Watch(io::Error),
+    /// Every endpoint slot is taken.
+    #[error("all {0} client slots are in use (raise --max-ports)")]
+    NoEndpoint(usize),
 }
 
 /// Messages to a worker.
 enum WorkerMsg {
-    /// Attach a port; `reply` is given to its owner only.
-    AddPort {
-        id: PortId,
+    /// Attach an endpoint to a port; `reply` is given to its owner only.
+    AddEndpoint {
+        ep: EndpointId,
+        port: PortId,
         io: Arc<PortIo>,
         info: PortInfo,
         reply: Option<oneshot::Sender<io::Result<()>>>,
     },
-    /// Detach a port and send back this worker's counters of it.
-    RemovePort {
-        id: PortId,
-        reply: oneshot::Sender<PortStats>,
+    /// Detach an endpoint; if it was its port's last, the port goes and
+    /// this worker's counters of it come back.
+    RemoveEndpoint {
+        ep: EndpointId,
+        reply: oneshot::Sender<Option<PortStats>>,
     },
     /// What another worker's replica learned.
     Learned(Vec<Announcement>),
@@ -173,56 +195,90 @@ fn stopped() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the data plane has stopped")
 }
 
+/// A place on the switch, reserved by [`DataplaneHandle::claim`]: a port
+/// number and an endpoint on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The port.
+    pub port: PortId,
+    /// The client's own endpoint on it.
+    pub ep: EndpointId,
+}
+
+/// Port numbers and endpoint slots in use; only the control plane takes
+/// this lock, never a worker.
+struct Places {
+    numbers: PortNumbers,
+    endpoints: Vec<bool>,
+}
+
 /// The control plane's end of the data plane.
 #[derive(Clone)]
 pub struct DataplaneHandle {
     workers: Vec<WorkerLink>,
-    numbers: Arc<Mutex<PortNumbers>>,
+    places: Arc<Mutex<Places>>,
 }
 
 impl DataplaneHandle {
-    /// Attaches a port as `wanted` (or the first free number) and returns
-    /// its number once its owner watches it.
+    /// Attaches a client that shares no port (a tap) as the first free
+    /// number, and returns its claim once its owner watches it.
     pub async fn add_port(
         &self,
-        wanted: Option<PortId>,
         io: PortIo,
         info: PortInfo,
-    ) -> io::Result<Result<PortId, AddPortError>> {
-        let id = match self.claim(wanted) {
-            Ok(id) => id,
-            Err(e) => return Ok(Err(AddPortError::Number(e))),
+    ) -> io::Result<Result<Claim, AddPortError>> {
+        let claim = match self.claim(None, None) {
+            Ok(claim) => claim,
+            Err(e) => return Ok(Err(e)),
         };
-        Ok(self.attach(id, io, info).await?.map(|()| id))
+        Ok(self.attach(claim, io, info).await?.map(|()| claim))
     }
 
-    /// Reserves a port number: `wanted`, or the first free one. Give it
-    /// back with [`DataplaneHandle::release`] if no port is attached.
-    pub fn claim(&self, wanted: Option<PortId>) -> Result<PortId, SwitchError> {
-        self.lock_numbers().claim(wanted)
+    /// Reserves a place for a client of uid `user`: port `wanted` (joined
+    /// if the same user has it) or the first free one, and an endpoint.
+    /// Give it back with [`DataplaneHandle::release`] if it is not attached.
+    pub fn claim(&self, wanted: Option<PortId>, user: Option<u32>) -> Result<Claim, AddPortError> {
+        let mut places = self.lock_places();
+        let Some(ep) = places.endpoints.iter().position(|used| !used) else {
+            return Err(AddPortError::NoEndpoint(places.endpoints.len()));
+        };
+        let port = places
+            .numbers
+            .claim(wanted, user)
+            .map_err(AddPortError::Number)?;
+        places.endpoints[ep] = true;
+        Ok(Claim {
+            port,
+            ep: EndpointId(ep as u32),
+        })
     }
 
-    /// Gives back a number from [`DataplaneHandle::claim`] that was not
-    /// attached.
-    pub fn release(&self, id: PortId) {
-        self.lock_numbers().release(id);
+    /// Gives back a claim that was not attached, or whose endpoint every
+    /// worker has removed.
+    pub fn release(&self, claim: Claim) {
+        let mut places = self.lock_places();
+        places.numbers.release(claim.port);
+        if let Some(used) = places.endpoints.get_mut(claim.ep.index()) {
+            *used = false;
+        }
     }
 
-    /// Attaches a port under a claimed number, once its owner watches it;
-    /// on failure the number is free again.
+    /// Attaches an endpoint under a claim, once its owner watches it; on
+    /// failure the claim is given back.
     pub async fn attach(
         &self,
-        id: PortId,
+        claim: Claim,
         io: PortIo,
         info: PortInfo,
     ) -> io::Result<Result<(), AddPortError>> {
         let io = Arc::new(io);
-        let owner = id.index() % self.workers.len();
+        let owner = claim.ep.index() % self.workers.len();
         let (reply, registered) = oneshot::channel();
         let mut reply = Some(reply);
         for (w, worker) in self.workers.iter().enumerate() {
-            worker.send(WorkerMsg::AddPort {
-                id,
+            worker.send(WorkerMsg::AddEndpoint {
+                ep: claim.ep,
+                port: claim.port,
                 io: io.clone(),
                 info: info.clone(),
                 reply: if w == owner { reply.take() } else { None },
@@ -231,26 +287,32 @@ impl DataplaneHandle {
         match registered.await.map_err(|_| stopped())? {
             Ok(()) => Ok(Ok(())),
             Err(e) => {
-                self.remove_port(id).await?;
+                self.remove(claim).await?;
                 Ok(Err(AddPortError::Watch(e)))
             }
         }
     }
 
-    /// Detaches a port; returns its final counters.
-    pub async fn remove_port(&self, id: PortId) -> io::Result<PortStats> {
+    /// Detaches an endpoint and gives back its claim. When it was the last
+    /// on its port, the port goes too and its final counters come back.
+    pub async fn remove(&self, claim: Claim) -> io::Result<Option<PortStats>> {
         let mut answers = Vec::with_capacity(self.workers.len());
         for worker in &self.workers {
             let (reply, answer) = oneshot::channel();
-            worker.send(WorkerMsg::RemovePort { id, reply })?;
+            worker.send(WorkerMsg::RemoveEndpoint {
+                ep: claim.ep,
+                reply,
+            })?;
             answers.push(answer);
         }
-        // Each worker handles its messages in order, so the number can be
-        // reused at once: a later AddPort reaches every worker after this.
-        self.lock_numbers().release(id);
-        let mut total = PortStats::default();
+        // Each worker handles its messages in order, so the place can be
+        // reused at once: a later AddEndpoint reaches every worker after this.
+        self.release(claim);
+        let mut total: Option<PortStats> = None;
         for answer in answers {
-            total.merge(&answer.await.map_err(|_| stopped())?);
+            if let Some(stats) = answer.await.map_err(|_| stopped())? {
+                total.get_or_insert_with(PortStats::default).merge(&stats);
+            }
         }
         Ok(total)
     }
@@ -279,9 +341,8 @@ impl DataplaneHandle {
         }
     }
 
-    fn lock_numbers(&self) -> std::sync::MutexGuard<'_, PortNumbers> {
-        // Only the control plane takes this lock, never a worker.
-        self.numbers.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_places(&self) -> std::sync::MutexGuard<'_, Places> {
+        self.places.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -335,7 +396,10 @@ impl Dataplane {
         }
         let handle = DataplaneHandle {
             workers: links,
-            numbers: Arc::new(Mutex::new(PortNumbers::new(config.max_ports))),
+            places: Arc::new(Mutex::new(Places {
+                numbers: PortNumbers::new(config.max_ports),
+                endpoints: vec![false; max_endpoints(config.max_ports as usize)],
+            })),
         };
         Ok(Dataplane { handle, threads })
     }
@@ -349,10 +413,13 @@ impl Dataplane {
     }
 }
 
-struct Port {
+/// A worker's view of one endpoint.
+struct Endpoint {
+    /// The switch port it belongs to.
+    port: PortId,
     io: Arc<PortIo>,
     info: PortInfo,
-    /// True if this worker reads the port.
+    /// True if this worker reads the endpoint.
     owned: bool,
     /// Arena slots waiting to be sent to this port this turn, in order.
     tx_queue: Vec<u16>,
@@ -365,10 +432,10 @@ struct Port {
     watching_tx: bool,
     /// When the client last took a frame from this worker.
     last_progress: Instant,
-    /// Ports whose unicast frames were queued here this turn.
-    contributors: Vec<PortId>,
-    /// Ports paused until this port's backlog drains.
-    waiters: Vec<PortId>,
+    /// Endpoints whose unicast frames were queued here this turn.
+    contributors: Vec<EndpointId>,
+    /// Endpoints paused until this one's backlog drains.
+    waiters: Vec<EndpointId>,
     /// While paused (and since when), this port is not read.
     paused_since: Option<Instant>,
     /// True while the port sits in `Worker::readable`.
@@ -446,17 +513,20 @@ struct Worker {
     /// The other workers, told what this one learns.
     peers: Vec<mpsc::Sender<WorkerMsg>>,
     switch: Switch,
-    ports: Vec<Option<Port>>,
+    /// Indexed by endpoint.
+    endpoints: Vec<Option<Endpoint>>,
+    /// The endpoints of each port, indexed by port.
+    members: Vec<Vec<EndpointId>>,
     arena: FrameArena,
     backlog_pool: BacklogPool,
     rx_batch: RecvBatch,
     tx_batch: SendBatch,
-    /// Owned ports that may have more to read.
-    readable: VecDeque<PortId>,
-    /// Ports with frames to send (this turn's or backlogged).
-    pending_tx: Vec<PortId>,
-    /// Ports not read because of back-pressure.
-    paused: Vec<PortId>,
+    /// Owned endpoints that may have more to read.
+    readable: VecDeque<EndpointId>,
+    /// Endpoints with frames to send (this turn's or backlogged).
+    pending_tx: Vec<EndpointId>,
+    /// Endpoints not read because of back-pressure.
+    paused: Vec<EndpointId>,
     /// How long to keep polling without sleeping after the last frame.
     busy_poll: Duration,
     epoch: Instant,
@@ -478,14 +548,15 @@ impl Worker {
             inbox,
             peers,
             switch: Switch::new(config),
-            ports: (0..max_ports).map(|_| None).collect(),
+            endpoints: (0..max_endpoints(max_ports)).map(|_| None).collect(),
+            members: vec![Vec::new(); max_ports],
             arena: FrameArena::new(),
             backlog_pool: BacklogPool::new(),
             rx_batch: RecvBatch::new(RX_BATCH),
             tx_batch: SendBatch::new(TX_BATCH),
-            readable: VecDeque::with_capacity(max_ports),
-            pending_tx: Vec::with_capacity(max_ports),
-            paused: Vec::with_capacity(max_ports),
+            readable: VecDeque::with_capacity(max_endpoints(max_ports)),
+            pending_tx: Vec::with_capacity(max_endpoints(max_ports)),
+            paused: Vec::with_capacity(max_endpoints(max_ports)),
             busy_poll,
             epoch,
             running: true,
@@ -520,7 +591,7 @@ impl Worker {
                 if event.token() == WAKER {
                     continue;
                 }
-                let id = PortId(event.token().0 as u32);
+                let id = EndpointId(event.token().0 as u32);
                 if event.is_readable() {
                     self.mark_readable(id);
                 }
@@ -543,8 +614,8 @@ impl Worker {
         }
     }
 
-    fn mark_readable(&mut self, id: PortId) {
-        if let Some(Some(port)) = self.ports.get_mut(id.index()) {
+    fn mark_readable(&mut self, id: EndpointId) {
+        if let Some(Some(port)) = self.endpoints.get_mut(id.index()) {
             if port.owned && !port.in_readable && port.paused_since.is_none() {
                 port.in_readable = true;
                 self.readable.push_back(id);
@@ -553,8 +624,8 @@ impl Worker {
     }
 
     /// Stops reading `id` until `congested` drains (or [`PAUSE_MAX`]).
-    fn pause(&mut self, id: PortId, congested: PortId) {
-        let Some(Some(port)) = self.ports.get_mut(id.index()) else {
+    fn pause(&mut self, id: EndpointId, congested: EndpointId) {
+        let Some(Some(port)) = self.endpoints.get_mut(id.index()) else {
             return;
         };
         if port.paused_since.is_some() || !port.owned {
@@ -562,15 +633,15 @@ impl Worker {
         }
         port.paused_since = Some(Instant::now());
         self.paused.push(id);
-        if let Some(Some(congested)) = self.ports.get_mut(congested.index()) {
+        if let Some(Some(congested)) = self.endpoints.get_mut(congested.index()) {
             congested.waiters.push(id);
         }
     }
 
     /// Reads `id` again; it is put on the readable list, since events that
     /// arrived while it was paused were not acted on.
-    fn resume(&mut self, id: PortId) {
-        if let Some(Some(port)) = self.ports.get_mut(id.index()) {
+    fn resume(&mut self, id: EndpointId) {
+        if let Some(Some(port)) = self.endpoints.get_mut(id.index()) {
             if port.paused_since.take().is_some() {
                 self.paused.retain(|&p| p != id);
                 self.mark_readable(id);
@@ -579,12 +650,12 @@ impl Worker {
     }
 
     fn end_overdue_pauses(&mut self) {
-        let overdue: Vec<PortId> = self
+        let overdue: Vec<EndpointId> = self
             .paused
             .iter()
             .copied()
             .filter(|p| {
-                matches!(&self.ports[p.index()], Some(port)
+                matches!(&self.endpoints[p.index()], Some(port)
                     if port.paused_since.is_some_and(|t| t.elapsed() >= PAUSE_MAX))
             })
             .collect();
@@ -594,8 +665,8 @@ impl Worker {
     }
 
     /// Queues a flush for a port whose client may have room again.
-    fn mark_pending_tx(&mut self, id: PortId) {
-        if let Some(Some(port)) = self.ports.get_mut(id.index()) {
+    fn mark_pending_tx(&mut self, id: EndpointId) {
+        if let Some(Some(port)) = self.endpoints.get_mut(id.index()) {
             if !port.backlog.is_empty() && !port.in_pending_tx {
                 port.in_pending_tx = true;
                 self.pending_tx.push(id);
@@ -606,19 +677,20 @@ impl Worker {
     fn handle_messages(&mut self) {
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
-                WorkerMsg::AddPort {
-                    id,
+                WorkerMsg::AddEndpoint {
+                    ep,
+                    port,
                     io,
                     info,
                     reply,
                 } => {
-                    let result = self.add_port(id, io, info, reply.is_some());
+                    let result = self.add_endpoint(ep, port, io, info, reply.is_some());
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
                     }
                 }
-                WorkerMsg::RemovePort { id, reply } => {
-                    let _ = reply.send(self.remove_port(id));
+                WorkerMsg::RemoveEndpoint { ep, reply } => {
+                    let _ = reply.send(self.remove_endpoint(ep));
                 }
                 WorkerMsg::Learned(news) => {
                     let now = self.now();
@@ -632,8 +704,9 @@ impl Worker {
                         .ports()
                         .iter()
                         .filter_map(|&id| {
-                            let port = self.ports[id.index()].as_ref()?;
-                            Some((id, port.info.clone(), self.switch.port_stats(id)?.clone()))
+                            let first = self.members[id.index()].first()?;
+                            let ep = self.endpoints[first.index()].as_ref()?;
+                            Some((id, ep.info.clone(), self.switch.port_stats(id)?.clone()))
                         })
                         .collect();
                     let _ = reply.send(snapshot);
@@ -643,31 +716,48 @@ impl Worker {
         }
     }
 
-    fn add_port(
+    fn add_endpoint(
         &mut self,
-        id: PortId,
+        ep: EndpointId,
+        port: PortId,
         io: Arc<PortIo>,
         info: PortInfo,
         owned: bool,
     ) -> io::Result<()> {
-        if let Err(e) = self.switch.add_port(id) {
-            // The control plane hands out numbers; this would be its bug.
-            warn!("data plane: port {id} not added: {e}");
-            return Err(io::Error::other(e));
+        let (Some(slot), Some(members)) = (
+            self.endpoints.get(ep.index()),
+            self.members.get(port.index()),
+        ) else {
+            return Err(io::Error::other(format!(
+                "endpoint {} or port {port} out of range",
+                ep.0
+            )));
+        };
+        if slot.is_some() {
+            // The control plane hands out endpoints; this would be its bug.
+            return Err(io::Error::other(format!("endpoint {} is in use", ep.0)));
+        }
+        let first_of_port = members.is_empty();
+        if first_of_port {
+            self.switch.add_port(port).map_err(io::Error::other)?;
         }
         if owned {
             let raw = io.fd().as_raw_fd();
-            let token = Token(id.index());
+            let token = Token(ep.index());
             if let Err(e) =
                 self.poll
                     .registry()
                     .register(&mut SourceFd(&raw), token, Interest::READABLE)
             {
-                self.switch.remove_port(id);
+                if first_of_port {
+                    self.switch.remove_port(port);
+                }
                 return Err(e);
             }
         }
-        self.ports[id.index()] = Some(Port {
+        self.members[port.index()].push(ep);
+        self.endpoints[ep.index()] = Some(Endpoint {
+            port,
             io,
             info,
             owned,
@@ -682,24 +772,29 @@ impl Worker {
             in_readable: false,
         });
         // Frames may have arrived before the registration.
-        self.mark_readable(id);
+        self.mark_readable(ep);
         Ok(())
     }
 
-    /// Forgets a port; returns this worker's counters of it.
-    fn remove_port(&mut self, id: PortId) -> PortStats {
-        let Some(port) = self.ports.get_mut(id.index()).and_then(Option::take) else {
-            return PortStats::default();
-        };
-        if port.owned || port.watching_tx {
-            let raw = port.io.fd().as_raw_fd();
+    /// Forgets an endpoint; when it was its port's last, the port goes too
+    /// and this worker's counters of it are returned.
+    fn remove_endpoint(&mut self, ep: EndpointId) -> Option<PortStats> {
+        let endpoint = self.endpoints.get_mut(ep.index()).and_then(Option::take)?;
+        if endpoint.owned || endpoint.watching_tx {
+            let raw = endpoint.io.fd().as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
         }
-        for slot in port.backlog {
+        for slot in endpoint.backlog {
             self.backlog_pool.release(slot);
         }
-        self.paused.retain(|&p| p != id);
-        self.switch.remove_port(id).unwrap_or_default()
+        self.paused.retain(|&p| p != ep);
+        let members = &mut self.members[endpoint.port.index()];
+        members.retain(|&e| e != ep);
+        if members.is_empty() {
+            self.switch.remove_port(endpoint.port)
+        } else {
+            None
+        }
     }
 
     /// Gives each readable port one batch; ports that may have more stay in
@@ -714,7 +809,7 @@ impl Worker {
             let Some(id) = self.readable.pop_front() else {
                 break;
             };
-            let Some(Some(port)) = self.ports.get_mut(id.index()) else {
+            let Some(Some(port)) = self.endpoints.get_mut(id.index()) else {
                 continue;
             };
             port.in_readable = false;
@@ -726,7 +821,7 @@ impl Worker {
             let received = match receive(&port.io, &mut self.rx_batch, &mut self.arena, limit) {
                 Ok(n) => n,
                 Err(e) => {
-                    debug!("port {id}: receive failed: {e}");
+                    debug!("port {}: receive failed: {e}", port.port);
                     0
                 }
             };
@@ -741,40 +836,49 @@ impl Worker {
         total
     }
 
-    /// Runs the forwarding core on one received frame and queues it.
-    fn forward(&mut self, now: Timestamp, in_port: PortId, slot: u16) {
+    /// Runs the forwarding core on one received frame and queues it on
+    /// every endpoint of each destination port.
+    fn forward(&mut self, now: Timestamp, in_ep: EndpointId, slot: u16) {
         let Worker {
             switch,
-            ports,
+            endpoints,
+            members,
             arena,
             pending_tx,
             ..
         } = self;
+        let Some(Some(ingress)) = endpoints.get(in_ep.index()) else {
+            return;
+        };
+        let in_port = ingress.port;
         if arena.lens[usize::from(slot)] == FROM_STRANGER {
             switch.record_drops(in_port, DropReason::UnknownSender, 1);
             return;
         }
-        let mut enqueue = |to: PortId| {
-            if let Some(Some(port)) = ports.get_mut(to.index()) {
-                if !port.in_pending_tx {
-                    port.in_pending_tx = true;
-                    pending_tx.push(to);
+        let verdict = switch.ingress(now, in_port, arena.frame(slot));
+        let mut enqueue = |to: PortId, unicast: bool| {
+            for &ep in &members[to.index()] {
+                let Some(Some(endpoint)) = endpoints.get_mut(ep.index()) else {
+                    continue;
+                };
+                if !endpoint.in_pending_tx {
+                    endpoint.in_pending_tx = true;
+                    pending_tx.push(ep);
                 }
-                port.tx_queue.push(slot);
+                endpoint.tx_queue.push(slot);
+                if unicast
+                    && endpoint.contributors.last() != Some(&in_ep)
+                    && !endpoint.contributors.contains(&in_ep)
+                {
+                    endpoint.contributors.push(in_ep);
+                }
             }
         };
-        match switch.ingress(now, in_port, arena.frame(slot)) {
-            Verdict::Unicast(to) => {
-                enqueue(to);
-                if let Some(Some(port)) = ports.get_mut(to.index()) {
-                    if port.contributors.last() != Some(&in_port)
-                        && !port.contributors.contains(&in_port)
-                    {
-                        port.contributors.push(in_port);
-                    }
-                }
-            }
-            Verdict::Flood => switch.flood_targets(in_port).for_each(enqueue),
+        match verdict {
+            Verdict::Unicast(to) => enqueue(to, true),
+            Verdict::Flood => switch
+                .flood_targets(in_port)
+                .for_each(|to| enqueue(to, false)),
             Verdict::Drop(_) => {}
         }
     }
@@ -787,7 +891,7 @@ impl Worker {
         let Worker {
             poll,
             switch,
-            ports,
+            endpoints,
             arena,
             backlog_pool,
             pending_tx,
@@ -796,11 +900,11 @@ impl Worker {
         } = self;
         let mut pressure = Vec::new();
         for id in pending_tx.drain(..) {
-            let Some(Some(port)) = ports.get_mut(id.index()) else {
+            let Some(Some(port)) = endpoints.get_mut(id.index()) else {
                 continue;
             };
             port.in_pending_tx = false;
-            flush_port(id, port, switch, arena, backlog_pool, tx_batch);
+            flush_endpoint(port, switch, arena, backlog_pool, tx_batch);
             let backlog = port.backlog.len();
             let stalled = port.last_progress.elapsed() >= STALL_AFTER;
             if backlog >= PAUSE_HIGH && !stalled && !port.contributors.is_empty() {
@@ -813,13 +917,16 @@ impl Worker {
             if want_writable != port.watching_tx {
                 match watch_writable(poll, id, port, want_writable) {
                     Ok(()) => port.watching_tx = want_writable,
-                    Err(e) => warn!("port {id}: cannot watch for room in its socket: {e}"),
+                    Err(e) => warn!(
+                        "port {}: cannot watch for room in its socket: {e}",
+                        port.port
+                    ),
                 }
             }
         }
         arena.used = 0;
-        for (congested, ports, pause) in pressure {
-            for id in ports {
+        for (congested, endpoints, pause) in pressure {
+            for id in endpoints {
                 if pause && id != congested {
                     self.pause(id, congested);
                 } else {
@@ -843,17 +950,17 @@ impl Worker {
     }
 }
 
-/// Sends a port's backlog, then its queue of this turn, until the client's
-/// socket is full; keeps what is left in the backlog, up to
+/// Sends an endpoint's backlog, then its queue of this turn, until the
+/// client's socket is full; keeps what is left in the backlog, up to
 /// [`BACKLOG_LIMIT`], and drops the rest.
-fn flush_port(
-    id: PortId,
-    port: &mut Port,
+fn flush_endpoint(
+    port: &mut Endpoint,
     switch: &mut Switch,
     arena: &FrameArena,
     pool: &mut BacklogPool,
     tx_batch: &mut SendBatch,
 ) {
+    let id = port.port;
     let mut queued = 0; // how much of `tx_queue` has been sent
     loop {
         let from_backlog = port.backlog.len().min(TX_BATCH);
@@ -930,7 +1037,7 @@ fn flush_port(
 /// Starts or stops asking epoll to say when a port's socket has room. The
 /// owner already watches the port for reading; other workers register it
 /// for writing only while they need to.
-fn watch_writable(poll: &Poll, id: PortId, port: &Port, on: bool) -> io::Result<()> {
+fn watch_writable(poll: &Poll, id: EndpointId, port: &Endpoint, on: bool) -> io::Result<()> {
     let raw = port.io.fd().as_raw_fd();
     let mut source = SourceFd(&raw);
     let token = Token(id.index());

@@ -146,11 +146,11 @@ async fn attach_tap(dataplane: &DataplaneHandle, name: &str) -> Result<(), Error
         peer: iface.name().to_owned(),
         description: String::new(),
     };
-    let port = dataplane
-        .add_port(None, PortIo::Tap(iface), info)
+    let claim = dataplane
+        .add_port(PortIo::Tap(iface), info)
         .await
         .map_err(|e| Error::os("the data plane stopped", e))?
         .map_err(|e| Error::Config(format!("tap `{name}`: {e}")))?;
-    info!("port {port} connected: tap {name}");
+    info!("port {} connected: tap {name}", claim.port);
     Ok(())
 }

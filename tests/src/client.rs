@@ -196,12 +196,23 @@ impl Client {
     /// Attaches to the switch listening on `ctl_path`, with a data socket of
     /// the given kind.
     pub fn connect(ctl_path: &Path, kind: DataSocketKind) -> io::Result<Client> {
+        Self::connect_to_port(ctl_path, kind, 0)
+    }
+
+    /// Attaches asking for port `port` (0: any), the number in bits 8..31
+    /// of the request's type field, as `vde_plug DIR[port]` asks.
+    pub fn connect_to_port(ctl_path: &Path, kind: DataSocketKind, port: u32) -> io::Result<Client> {
         let mut control = UnixStream::connect(ctl_path)?;
         let data = DataSocket::bind(kind)?;
         control.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         control.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
         // UML writes the whole request with a single write().
-        let request = uml_request(&data.addr);
+        let request = encode_request(
+            MAGIC,
+            VERSION,
+            REQ_NEW_CONTROL | (port << 8),
+            &data.addr.to_sockaddr_un(),
+        );
         let written = control.write(&request)?;
         if written != REQUEST_LEN {
             return Err(invalid(format!("short request write: {written} bytes")));

@@ -349,6 +349,69 @@ fn hub_mode_floods_even_learned_unicast() {
     bench.expect_silence(&a, "A (the sender)");
 }
 
+/// Two clients that ask for the same port share it: they hear the rest of
+/// the switch, not each other, and frames for the port reach both.
+#[test]
+fn clients_asking_for_one_port_share_it() {
+    let bench = Bench::start();
+    let attach_to_5 = |kind| {
+        Client::connect_to_port(bench.ctl(), kind, 5)
+            .unwrap_or_else(|err| panic!("attach to port 5: {err}\n{}", bench.logs()))
+    };
+    let a1 = attach_to_5(DataSocketKind::Abstract);
+    let a2 = attach_to_5(DataSocketKind::Pathname);
+    let c = bench.attach(DataSocketKind::Abstract);
+    let logs = bench.logs();
+    assert_eq!(
+        logs.matches("port 5 connected").count(),
+        2,
+        "both clients should be on port 5\n{logs}"
+    );
+    // A frame from one sharer reaches the rest of the switch, not the other.
+    let from_a1 = tagged_frame(BROADCAST, mac(A), 40);
+    a1.send_frame(&from_a1).expect("send");
+    bench.expect_frame(&c, &from_a1, "C");
+    bench.expect_silence(&a2, "A2 (shares A1's port)");
+    // Frames for the port reach both sharers.
+    let to_a = tagged_frame(mac(A), mac(C), 41);
+    c.send_frame(&to_a).expect("send");
+    bench.expect_frame(&a1, &to_a, "A1");
+    bench.expect_frame(&a2, &to_a, "A2");
+    // One sharer leaving keeps the port for the other.
+    drop(a1);
+    bench.frames_before(
+        &a2,
+        &{
+            let f = tagged_frame(BROADCAST, mac(C), 42);
+            c.send_frame(&f).expect("send");
+            f
+        },
+        "A2 after A1 left",
+    );
+}
+
+#[test]
+fn a_port_number_out_of_range_is_refused_at_once() {
+    let bench = Bench::start_with(&["--max-ports", "8"]);
+    for port in [8, 300, 0x00ff_ffff] {
+        // Closed at once: the read of the reply sees EOF, not its timeout.
+        match Client::connect_to_port(bench.ctl(), DataSocketKind::Abstract, port) {
+            Ok(_) => panic!("port {port} was accepted\n{}", bench.logs()),
+            Err(err) => assert_eq!(
+                err.kind(),
+                ErrorKind::UnexpectedEof,
+                "port {port}: {err}\n{}",
+                bench.logs()
+            ),
+        }
+    }
+    assert!(bench.logs().contains("out of range"), "{}", bench.logs());
+    // The switch still serves.
+    let a = bench.attach(DataSocketKind::Abstract);
+    let b = bench.attach(DataSocketKind::Abstract);
+    bench.assert_forwards_both_ways(&a, A, &b, B, 43);
+}
+
 #[test]
 fn full_size_frame_is_delivered_intact() {
     let bench = Bench::start();
