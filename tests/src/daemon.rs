@@ -6,6 +6,7 @@
 //! that failure messages can include what the daemon said. Dropping it sends
 //! SIGTERM to that one PID, waits a bounded time, then kills it.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -64,6 +65,8 @@ pub struct SwitchProcess {
     /// Holds the logs and, for [`SwitchProcess::start`], the control socket.
     dir: TempDir,
     ctl_path: PathBuf,
+    /// `DIR` of a switch started with `--vde-dir DIR`.
+    vde_dir: Option<PathBuf>,
     status: Option<ExitStatus>,
 }
 
@@ -84,6 +87,42 @@ impl SwitchProcess {
         switch
     }
 
+    /// Starts a switch serving the vde_switch directory layout in
+    /// `DIR = <fresh temp dir>/vde` (`--vde-dir DIR`, no `--sock`, so the
+    /// control socket is `DIR/ctl`) with the extra arguments `args`, and
+    /// waits until `DIR/ctl` accepts connections. Panics, with the daemon's
+    /// logs, if it does not.
+    pub fn start_vde(args: &[&str]) -> SwitchProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("uml-switch-test.")
+            .tempdir()
+            .expect("create temp dir for the switch");
+        let vde_dir = dir.path().join("vde");
+        let mut switch = Self::spawn_vde_in(dir, &vde_dir, args).expect("spawn the switch");
+        if let Err(err) = switch.wait_ready(READY_TIMEOUT) {
+            panic!("switch did not become ready: {err}\n{}", switch.logs());
+        }
+        switch
+    }
+
+    /// Spawns a switch with `--vde-dir vde_dir` plus `args` (no `--sock`),
+    /// without waiting for it to be ready. Its logs go to a fresh temporary
+    /// directory.
+    pub fn spawn_vde(vde_dir: &Path, args: &[&str]) -> io::Result<SwitchProcess> {
+        let dir = tempfile::Builder::new()
+            .prefix("uml-switch-test.")
+            .tempdir()?;
+        Self::spawn_vde_in(dir, vde_dir, args)
+    }
+
+    fn spawn_vde_in(dir: TempDir, vde_dir: &Path, args: &[&str]) -> io::Result<SwitchProcess> {
+        let mut argv = vec![OsString::from("--vde-dir"), vde_dir.into()];
+        argv.extend(args.iter().map(OsString::from));
+        let mut switch = Self::spawn_with(dir, &vde_dir.join("ctl"), &argv)?;
+        switch.vde_dir = Some(vde_dir.to_owned());
+        Ok(switch)
+    }
+
     /// Spawns a switch whose control socket is `ctl_path` (which may live
     /// anywhere, e.g. another switch's path), without waiting for it to be
     /// ready. Its logs go to a fresh temporary directory.
@@ -95,12 +134,18 @@ impl SwitchProcess {
     }
 
     fn spawn_in(dir: TempDir, ctl_path: &Path, args: &[&str]) -> io::Result<SwitchProcess> {
+        let mut argv = vec![OsString::from("--sock"), ctl_path.into()];
+        argv.extend(args.iter().map(OsString::from));
+        Self::spawn_with(dir, ctl_path, &argv)
+    }
+
+    /// Spawns the switch with exactly `argv`; `ctl_path` is where it will
+    /// listen.
+    fn spawn_with(dir: TempDir, ctl_path: &Path, argv: &[OsString]) -> io::Result<SwitchProcess> {
         let stdout = File::create(dir.path().join("stdout.log"))?;
         let stderr = File::create(dir.path().join("stderr.log"))?;
         let mut child = Command::new(switch_binary())
-            .arg("--sock")
-            .arg(ctl_path)
-            .args(args)
+            .args(argv)
             .current_dir(dir.path())
             .stdin(Stdio::piped())
             .stdout(stdout)
@@ -112,6 +157,7 @@ impl SwitchProcess {
             _stdin: stdin,
             dir,
             ctl_path: ctl_path.to_owned(),
+            vde_dir: None,
             status: None,
         })
     }
@@ -140,6 +186,12 @@ impl SwitchProcess {
     /// Path of the control socket (what UML is given as CTLPATH).
     pub fn ctl_path(&self) -> &Path {
         &self.ctl_path
+    }
+
+    /// `DIR` of a switch started with `--vde-dir DIR`
+    /// ([`SwitchProcess::start_vde`], [`SwitchProcess::spawn_vde`]).
+    pub fn vde_dir(&self) -> Option<&Path> {
+        self.vde_dir.as_deref()
     }
 
     /// The temporary directory holding the logs (and the default socket).

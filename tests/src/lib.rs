@@ -6,3 +6,4 @@ pub mod client;
 pub mod daemon;
 pub mod netns;
 pub mod uml;
+pub mod vde;

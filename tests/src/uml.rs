@@ -30,7 +30,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -173,17 +173,28 @@ pub enum SwitchImpl {
     /// it logs to stdout and leaves its socket file behind when killed).
     /// Useful to check the test harness itself against a known-good switch.
     Legacy,
+    /// vde2's `vde_switch` (Debian's `vde-switch`), which serves the
+    /// vde_switch directory layout only: `vde_switch -s DIR -n 256` (see
+    /// [`SwitchProcess::start_vde`]); its stdin must stay open.  Useful to
+    /// check the vde tests themselves against the reference implementation.
+    Vde2,
 }
 
 impl SwitchImpl {
     /// `UnderTest(under_test)`, unless the environment variable
     /// `UML_E2E_SWITCH` is `uml_switch`, which selects [`SwitchImpl::Legacy`]
-    /// (`UML_E2E_SWITCH=uml_switch cargo test --test uml_e2e`).
+    /// (`UML_E2E_SWITCH=uml_switch cargo test --test uml_e2e`), or
+    /// `vde_switch`, which selects [`SwitchImpl::Vde2`] (only for the tests
+    /// of the vde directory layout: `UML_E2E_SWITCH=vde_switch cargo test
+    /// --test uml_e2e vde`).
     pub fn from_env(under_test: impl Into<PathBuf>) -> SwitchImpl {
         match std::env::var("UML_E2E_SWITCH").as_deref() {
             Err(_) | Ok("") | Ok("uml-switch") => SwitchImpl::UnderTest(under_test.into()),
             Ok("uml_switch") => SwitchImpl::Legacy,
-            Ok(other) => panic!("UML_E2E_SWITCH={other:?}: expected `uml_switch` or unset"),
+            Ok("vde_switch") => SwitchImpl::Vde2,
+            Ok(other) => {
+                panic!("UML_E2E_SWITCH={other:?}: expected `uml_switch`, `vde_switch` or unset")
+            }
         }
     }
 
@@ -211,6 +222,34 @@ impl SwitchImpl {
                     argv.push(tap.into());
                 }
             }
+            SwitchImpl::Vde2 => panic!(
+                "vde_switch serves only the vde directory layout \
+                 (SwitchProcess::start_vde); unset UML_E2E_SWITCH for this test"
+            ),
+        }
+        argv
+    }
+
+    /// The switch's command line (program first) serving the vde_switch
+    /// directory layout in `dir` (`dir/ctl` plus one data socket per port).
+    pub fn vde_command_line(&self, dir: &Path) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = Vec::new();
+        match self {
+            SwitchImpl::UnderTest(program) => {
+                argv.push(program.into());
+                argv.push("--vde-dir".into());
+                argv.push(dir.into());
+            }
+            SwitchImpl::Legacy => {
+                panic!("uml_switch has no vde directory layout; unset UML_E2E_SWITCH for this test")
+            }
+            SwitchImpl::Vde2 => {
+                argv.push("vde_switch".into());
+                argv.push("-s".into());
+                argv.push(dir.into());
+                argv.push("-n".into());
+                argv.push("256".into());
+            }
         }
         argv
     }
@@ -221,6 +260,10 @@ impl SwitchImpl {
 pub struct SwitchProcess {
     child: Child,
     sock: PathBuf,
+    /// `DIR` of a switch serving the vde directory layout.
+    vde_dir: Option<PathBuf>,
+    /// Kept open for switches that exit on EOF on stdin (vde_switch).
+    _stdin: Option<ChildStdin>,
     log: PathBuf,
     argv: Vec<OsString>,
 }
@@ -239,12 +282,40 @@ impl SwitchProcess {
         taps: &[&str],
         log: &Path,
     ) -> SwitchProcess {
+        let argv = which.command_line(sock, taps);
+        SwitchProcess::launch(argv, netns, sock, None, log, false)
+    }
+
+    /// Starts `which` serving the vde_switch directory layout in `dir`
+    /// (created by the switch; control socket `dir/ctl`, one data socket
+    /// file per port) inside `netns` (or the current namespace), logging to
+    /// `log`, and waits (at most [`SWITCH_START_TIMEOUT`]) until `dir/ctl`
+    /// accepts connections.  Panics with the log if it does not.
+    pub fn start_vde(
+        which: &SwitchImpl,
+        netns: Option<&NetNs>,
+        dir: &Path,
+        log: &Path,
+    ) -> SwitchProcess {
+        let argv = which.vde_command_line(dir);
+        // vde_switch reads commands from stdin and exits on EOF there.
+        let keep_stdin = *which == SwitchImpl::Vde2;
+        SwitchProcess::launch(argv, netns, &dir.join("ctl"), Some(dir), log, keep_stdin)
+    }
+
+    fn launch(
+        argv: Vec<OsString>,
+        netns: Option<&NetNs>,
+        sock: &Path,
+        vde_dir: Option<&Path>,
+        log: &Path,
+        keep_stdin: bool,
+    ) -> SwitchProcess {
         assert!(
             sock.as_os_str().len() < 108,
             "control socket path too long for sockaddr_un: {}",
             sock.display()
         );
-        let argv = which.command_line(sock, taps);
         let mut cmd = match netns {
             Some(ns) => ns.exec_command(&argv[0]),
             None => Command::new(&argv[0]),
@@ -252,13 +323,21 @@ impl SwitchProcess {
         cmd.args(&argv[1..]);
         let out = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let err = out.try_clone().expect("dup switch log fd");
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd
+        let stdin = if keep_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        cmd.stdin(stdin).stdout(out).stderr(err);
+        let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start switch {argv:?}: {e}"));
+        let stdin = child.stdin.take();
         let mut switch = SwitchProcess {
             child,
             sock: sock.to_path_buf(),
+            vde_dir: vde_dir.map(Path::to_path_buf),
+            _stdin: stdin,
             log: log.to_path_buf(),
             argv,
         };
@@ -286,6 +365,12 @@ impl SwitchProcess {
     /// The control socket path (what guests get in `eth0=daemon,MAC,unix,PATH`).
     pub fn sock(&self) -> &Path {
         &self.sock
+    }
+
+    /// `DIR` of a switch serving the vde directory layout
+    /// ([`SwitchProcess::start_vde`]): what `eth0=vde,DIR` is given.
+    pub fn vde_dir(&self) -> Option<&Path> {
+        self.vde_dir.as_deref()
     }
 
     /// The file that receives the switch's stdout and stderr.
@@ -445,6 +530,9 @@ impl PingOutcome {
 pub struct GuestBuilder<'a> {
     name: String,
     ctl: PathBuf,
+    /// If set, `eth0` uses UML's vde transport on this vde directory
+    /// instead of the daemon transport on `ctl`.
+    vde_dir: Option<PathBuf>,
     switch_log: Option<PathBuf>,
     netns: Option<&'a NetNs>,
     mac: Option<String>,
@@ -554,10 +642,7 @@ impl<'a> GuestBuilder<'a> {
             "con=null".into(),
             "ssl=null".into(),
             "con0=null,fd:1".into(),
-            format!(
-                "eth0=daemon,{},unix,{ctl}",
-                self.mac.as_deref().unwrap_or("")
-            ),
+            self.eth0_option(&ctl),
         ];
         let mut cmd = match self.netns {
             Some(ns) => ns.exec_command("linux"),
@@ -582,6 +667,27 @@ impl<'a> GuestBuilder<'a> {
             child,
             exit: None,
             started,
+        }
+    }
+
+    /// The `eth0=...` kernel option: UML's daemon transport on `ctl`, or
+    /// its vde transport (`eth0=vde,DIR[,MAC]`) for a vde directory.
+    fn eth0_option(&self, ctl: &str) -> String {
+        match &self.vde_dir {
+            None => format!(
+                "eth0=daemon,{},unix,{ctl}",
+                self.mac.as_deref().unwrap_or("")
+            ),
+            Some(dir) => {
+                let dir = checked_word(
+                    dir.to_str()
+                        .unwrap_or_else(|| panic!("non-UTF-8 vde directory {}", dir.display())),
+                );
+                match &self.mac {
+                    Some(mac) => format!("eth0=vde,{dir},{mac}"),
+                    None => format!("eth0=vde,{dir}"),
+                }
+            }
         }
     }
 
@@ -688,6 +794,7 @@ impl Guest {
         GuestBuilder {
             name: checked_word(name),
             ctl: ctl.to_path_buf(),
+            vde_dir: None,
             switch_log: None,
             netns: None,
             mac: None,
@@ -697,6 +804,27 @@ impl Guest {
             mem: "64M".into(),
             script: None,
         }
+    }
+
+    /// Like [`Guest::builder`], but the guest's `eth0` uses UML's vde
+    /// transport (`eth0=vde,DIR,MAC`) on the vde directory of `switch`
+    /// (started with [`SwitchProcess::start_vde`]).  UML runs `vde_plug`
+    /// as its helper for that, so the host needs Debian's `vdeplug`.
+    pub fn builder_vde<'a>(name: &str, switch: &SwitchProcess) -> GuestBuilder<'a> {
+        let dir = switch
+            .vde_dir()
+            .expect("Guest::builder_vde needs a switch started with SwitchProcess::start_vde");
+        let mut builder = Guest::builder_for_vde_dir(name, dir);
+        builder.switch_log = Some(switch.log().to_path_buf());
+        builder
+    }
+
+    /// Like [`Guest::builder_vde`], for a vde directory `dir` served by a
+    /// switch this module does not manage.
+    pub fn builder_for_vde_dir<'a>(name: &str, dir: &Path) -> GuestBuilder<'a> {
+        let mut builder = Guest::builder_for_socket(name, &dir.join("ctl"));
+        builder.vde_dir = Some(dir.to_path_buf());
+        builder
     }
 
     /// The guest's name.
@@ -939,6 +1067,37 @@ mod tests {
         assert_eq!(
             SwitchImpl::Legacy.command_line(sock, &[]),
             ["uml_switch", "-unix", "/tmp/x/ctl"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn vde_command_lines() {
+        let dir = Path::new("/tmp/x/vde");
+        let ours = SwitchImpl::UnderTest("/bin/uml-switch".into());
+        assert_eq!(
+            ours.vde_command_line(dir),
+            ["/bin/uml-switch", "--vde-dir", "/tmp/x/vde"].map(OsString::from)
+        );
+        assert_eq!(
+            SwitchImpl::Vde2.vde_command_line(dir),
+            ["vde_switch", "-s", "/tmp/x/vde", "-n", "256"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn eth0_options_for_both_transports() {
+        let daemon =
+            Guest::builder_for_socket("g", Path::new("/tmp/x/ctl")).mac("02:00:00:00:00:01");
+        assert_eq!(
+            daemon.eth0_option("/tmp/x/ctl"),
+            "eth0=daemon,02:00:00:00:00:01,unix,/tmp/x/ctl"
+        );
+        let vde = Guest::builder_for_vde_dir("g", Path::new("/tmp/x/vde"));
+        assert_eq!(vde.eth0_option("/tmp/x/vde/ctl"), "eth0=vde,/tmp/x/vde");
+        let vde = vde.mac("02:00:00:00:00:02");
+        assert_eq!(
+            vde.eth0_option("/tmp/x/vde/ctl"),
+            "eth0=vde,/tmp/x/vde,02:00:00:00:00:02"
         );
     }
 }

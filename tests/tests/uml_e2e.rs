@@ -12,6 +12,9 @@
 //! see boot times and round-trip times.  `UML_E2E_SWITCH=uml_switch` runs
 //! them against the old `uml_switch` from uml-utilities instead of ours
 //! (handy to tell harness problems from switch problems).
+//! `UML_E2E_SWITCH=vde_switch cargo test --test uml_e2e vde` runs the test of
+//! the vde directory layout against vde2's `vde_switch` (the other tests
+//! need the daemon layout that vde_switch does not serve).
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use uml_switch_tests::netns::NetNs;
 use uml_switch_tests::uml::{
     parse_ping, require_uml_environment, Guest, SwitchImpl, SwitchProcess,
 };
+use uml_switch_tests::vde::require_vde_plug;
 
 /// The switch these tests run: ours, unless `UML_E2E_SWITCH` says otherwise.
 fn switch_impl() -> SwitchImpl {
@@ -152,4 +156,63 @@ fn guest_and_tap_ping_each_other() {
 
     guest.halt();
     switch.assert_running();
+}
+
+#[test]
+fn vde_transport_and_daemon_guests_ping_each_other_through_a_vde_dir() {
+    require_uml_environment();
+    // UML's vde transport runs vde_plug as its helper.
+    require_vde_plug();
+    let ns = NetNs::new("umlvde");
+    let dir = scratch();
+    let vde_dir = dir.path().join("vde");
+    let mut switch = SwitchProcess::start_vde(
+        &switch_impl(),
+        Some(&ns),
+        &vde_dir,
+        &dir.path().join("switch.log"),
+    );
+
+    // a: eth0=vde,DIR,MAC (libvdeplug); b: eth0=daemon,MAC,unix,DIR/ctl.
+    let mut a = Guest::builder_vde("a", &switch)
+        .netns(&ns)
+        .mac("02:00:0a:09:00:05")
+        .addr("10.199.3.1/24")
+        .ping("10.199.3.2", 3)
+        .boot(dir.path());
+    let mut b = Guest::builder("b", &switch)
+        .netns(&ns)
+        .mac("02:00:0a:09:00:06")
+        .addr("10.199.3.2/24")
+        .ping("10.199.3.1", 3)
+        .boot(dir.path());
+
+    let boot_a = a.wait_ready();
+    let boot_b = b.wait_ready();
+    println!(
+        "vde_transport_and_daemon_guests_ping_each_other_through_a_vde_dir: eth0 up after \
+         {:.1} s (a, vde), {:.1} s (b, daemon)",
+        boot_a.as_secs_f64(),
+        boot_b.as_secs_f64()
+    );
+
+    expect_guest_ping(&mut a, "10.199.3.2");
+    expect_guest_ping(&mut b, "10.199.3.1");
+    switch.assert_running();
+
+    a.halt();
+    b.halt();
+    switch.assert_running();
+    // Both ports are gone once the guests have halted: no data socket left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !uml_switch_tests::vde::data_sockets(&vde_dir).is_empty() {
+        if std::time::Instant::now() >= deadline {
+            switch.fail(format!(
+                "data sockets left in {} after both guests halted: {:?}",
+                vde_dir.display(),
+                uml_switch_tests::vde::data_sockets(&vde_dir)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
