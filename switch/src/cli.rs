@@ -34,6 +34,11 @@ pub struct Cli {
     /// UML `eth0=vde,DIR` (or `eth0=daemon,,unix,DIR/ctl`).
     #[arg(long, value_name = "DIR")]
     pub vde_dir: Option<PathBuf>,
+    /// Also (or instead) listen for UML's vector transport:
+    /// `vec0:transport=bess,dst=PATH` (a SOCK_SEQPACKET socket; every
+    /// connection is a port).
+    #[arg(long, value_name = "PATH")]
+    pub bess: Option<PathBuf>,
     /// Permission bits (octal) of the socket files created; directories get
     /// search permission for the same classes.
     #[arg(short, long, value_name = "MODE", default_value = "0600",
@@ -95,6 +100,7 @@ impl Cli {
             busy_poll: Duration::from_micros(self.busy_poll),
             sock: self.sock.clone(),
             vde_dir: self.vde_dir.clone(),
+            bess: self.bess.clone(),
             mode: self.mode,
             group: self.group.clone(),
         }

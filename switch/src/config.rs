@@ -16,6 +16,8 @@ pub struct Config {
     pub sock: Option<PathBuf>,
     /// A vde_switch-style directory to serve (`DIR/ctl` and data sockets).
     pub vde_dir: Option<PathBuf>,
+    /// A `SOCK_SEQPACKET` socket for UML's vector transport `bess`.
+    pub bess: Option<PathBuf>,
     /// Permission bits of the socket files created.
     pub mode: u32,
     /// Group (name or id) of the files created.
@@ -47,6 +49,7 @@ impl Config {
         Config {
             sock: Some(sock.into()),
             vde_dir: None,
+            bess: None,
             mode: 0o600,
             group: None,
             taps: Vec::new(),
@@ -62,12 +65,12 @@ impl Config {
     }
 
     /// The `--sock` control socket: as given, or `/tmp/uml.ctl` (UML's
-    /// default) when neither `--sock` nor `--vde-dir` is given.
+    /// default) when no other way in (`--vde-dir`, `--bess`) is given.
     pub fn control_socket(&self) -> Option<&Path> {
-        match (&self.sock, &self.vde_dir) {
-            (Some(sock), _) => Some(sock),
-            (None, None) => Some(Path::new(DEFAULT_SOCK)),
-            (None, Some(_)) => None,
+        match (&self.sock, &self.vde_dir, &self.bess) {
+            (Some(sock), _, _) => Some(sock),
+            (None, None, None) => Some(Path::new(DEFAULT_SOCK)),
+            (None, _, _) => None,
         }
     }
 

@@ -73,43 +73,9 @@ impl ControlSocket {
     /// Binds `path` (with the mode and group of `setup`), replacing a
     /// stale socket file that nobody listens on.
     pub fn bind(path: &Path, setup: ListenerSetup) -> Result<Self, Error> {
-        // Checked first so that an over-long path gets a clear message.
-        SockaddrUn::pathname(path.as_os_str().as_bytes())?;
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if !meta.file_type().is_socket() => {
-                return Err(Error::NotASocket { path: path.into() });
-            }
-            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(Error::SocketInUse { path: path.into() }),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    info!(
-                        "{}: replacing a stale socket nobody listens on",
-                        path.display()
-                    );
-                    std::fs::remove_file(path).map_err(|e| {
-                        Error::os(
-                            format!("{}: cannot remove the stale socket", path.display()),
-                            e,
-                        )
-                    })?;
-                }
-                Err(e) => {
-                    return Err(Error::Bind {
-                        path: path.into(),
-                        hint: " (it exists, and probing it for a live switch failed)",
-                        source: e,
-                    })
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::Bind {
-                    path: path.into(),
-                    hint: create_hint(&e),
-                    source: e,
-                })
-            }
-        }
+        make_way_for_socket(path, |path| {
+            std::os::unix::net::UnixStream::connect(path).map(drop)
+        })?;
         let listener = setup
             .perms
             .create_file(path, || std::os::unix::net::UnixListener::bind(path))
@@ -305,7 +271,7 @@ impl Client {
             client: request.client,
         };
         dataplane
-            .attach(claim, io, info.clone())
+            .attach(claim, io, info.clone(), None)
             .await
             .map_err(|_| HandshakeError::Stopping)?
             .map_err(HandshakeError::NoPort)?;
@@ -358,6 +324,47 @@ impl Client {
 }
 
 static DATA_SOCKET_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Readies `path` for a listening socket: fine if nothing is there; a
+/// stale socket that `probe` (a connection attempt of the right type)
+/// finds nobody listening on is removed; a live one, or anything that is
+/// not a socket, is an error.
+pub fn make_way_for_socket(
+    path: &Path,
+    probe: impl FnOnce(&Path) -> io::Result<()>,
+) -> Result<(), Error> {
+    // Checked first so that an over-long path gets a clear message.
+    SockaddrUn::pathname(path.as_os_str().as_bytes())?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => Err(Error::NotASocket { path: path.into() }),
+        Ok(_) => match probe(path) {
+            Ok(()) => Err(Error::SocketInUse { path: path.into() }),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                info!(
+                    "{}: replacing a stale socket nobody listens on",
+                    path.display()
+                );
+                std::fs::remove_file(path).map_err(|e| {
+                    Error::os(
+                        format!("{}: cannot remove the stale socket", path.display()),
+                        e,
+                    )
+                })
+            }
+            Err(e) => Err(Error::Bind {
+                path: path.into(),
+                hint: " (it exists, and probing it for a live switch failed)",
+                source: e,
+            }),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Bind {
+            path: path.into(),
+            hint: create_hint(&e),
+            source: e,
+        }),
+    }
+}
 
 /// Where a listener puts its ports' data sockets.
 #[derive(Debug, Clone)]

@@ -113,6 +113,10 @@ pub enum PortIo {
         socket: UnixDatagram,
         client: SockaddrUn,
     },
+    /// A connected `SOCK_SEQPACKET` socket, one bare frame per message
+    /// (UML's vector transport `bess`). A zero-length read is the peer's
+    /// hang-up.
+    Seqpacket(socket2::Socket),
     /// A host tap interface.
     Tap(tun_tap::Iface),
 }
@@ -121,6 +125,7 @@ impl PortIo {
     fn fd(&self) -> BorrowedFd<'_> {
         match self {
             PortIo::Datagram { socket, .. } => socket.as_fd(),
+            PortIo::Seqpacket(socket) => socket.as_fd(),
             PortIo::Tap(iface) => crate::sys::borrow_fd(iface),
         }
     }
@@ -160,6 +165,9 @@ enum WorkerMsg {
         io: Arc<PortIo>,
         info: PortInfo,
         reply: Option<oneshot::Sender<io::Result<()>>>,
+        /// Told when the peer hangs up (owner only; connection-oriented
+        /// transports, whose data connection is also their control).
+        on_close: Option<oneshot::Sender<()>>,
     },
     /// Detach an endpoint; if it was its port's last, the port goes and
     /// this worker's counters of it come back.
@@ -231,7 +239,7 @@ impl DataplaneHandle {
             Ok(claim) => claim,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.attach(claim, io, info).await?.map(|()| claim))
+        Ok(self.attach(claim, io, info, None).await?.map(|()| claim))
     }
 
     /// Reserves a place for a client of uid `user`: port `wanted` (joined
@@ -270,18 +278,21 @@ impl DataplaneHandle {
         claim: Claim,
         io: PortIo,
         info: PortInfo,
+        mut on_close: Option<oneshot::Sender<()>>,
     ) -> io::Result<Result<(), AddPortError>> {
         let io = Arc::new(io);
         let owner = claim.ep.index() % self.workers.len();
         let (reply, registered) = oneshot::channel();
         let mut reply = Some(reply);
         for (w, worker) in self.workers.iter().enumerate() {
+            let owns = w == owner;
             worker.send(WorkerMsg::AddEndpoint {
                 ep: claim.ep,
                 port: claim.port,
                 io: io.clone(),
                 info: info.clone(),
-                reply: if w == owner { reply.take() } else { None },
+                reply: if owns { reply.take() } else { None },
+                on_close: if owns { on_close.take() } else { None },
             })?;
         }
         match registered.await.map_err(|_| stopped())? {
@@ -440,6 +451,10 @@ struct Endpoint {
     paused_since: Option<Instant>,
     /// True while the port sits in `Worker::readable`.
     in_readable: bool,
+    /// Told when the peer hangs up (see [`WorkerMsg::AddEndpoint`]).
+    on_close: Option<oneshot::Sender<()>>,
+    /// The peer has hung up: nothing more to read.
+    hung_up: bool,
 }
 
 /// Frame slots for backlogs, with a free list.
@@ -616,7 +631,7 @@ impl Worker {
 
     fn mark_readable(&mut self, id: EndpointId) {
         if let Some(Some(port)) = self.endpoints.get_mut(id.index()) {
-            if port.owned && !port.in_readable && port.paused_since.is_none() {
+            if port.owned && !port.in_readable && port.paused_since.is_none() && !port.hung_up {
                 port.in_readable = true;
                 self.readable.push_back(id);
             }
@@ -683,8 +698,10 @@ impl Worker {
                     io,
                     info,
                     reply,
+                    on_close,
                 } => {
-                    let result = self.add_endpoint(ep, port, io, info, reply.is_some());
+                    let owned = reply.is_some();
+                    let result = self.add_endpoint(ep, port, io, info, owned, on_close);
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
                     }
@@ -723,6 +740,7 @@ impl Worker {
         io: Arc<PortIo>,
         info: PortInfo,
         owned: bool,
+        on_close: Option<oneshot::Sender<()>>,
     ) -> io::Result<()> {
         let (Some(slot), Some(members)) = (
             self.endpoints.get(ep.index()),
@@ -770,6 +788,8 @@ impl Worker {
             waiters: Vec::new(),
             paused_since: None,
             in_readable: false,
+            on_close,
+            hung_up: false,
         });
         // Frames may have arrived before the registration.
         self.mark_readable(ep);
@@ -819,7 +839,14 @@ impl Worker {
             let first = self.arena.used;
             let limit = RX_BATCH.min(self.arena.free_slots());
             let received = match receive(&port.io, &mut self.rx_batch, &mut self.arena, limit) {
-                Ok(n) => n,
+                Ok(Received::Frames(n)) => n,
+                Ok(Received::HangUp(n)) => {
+                    port.hung_up = true;
+                    if let Some(notify) = port.on_close.take() {
+                        let _ = notify.send(());
+                    }
+                    n
+                }
                 Err(e) => {
                     debug!("port {}: receive failed: {e}", port.port);
                     0
@@ -980,6 +1007,7 @@ fn flush_endpoint(
             );
         let result = match &*port.io {
             PortIo::Datagram { socket, .. } => tx_batch.send(socket.as_fd(), frames),
+            PortIo::Seqpacket(socket) => tx_batch.send(socket.as_fd(), frames),
             PortIo::Tap(iface) => send_tap(iface, frames),
         };
         let sent = match result {
@@ -1052,15 +1080,22 @@ fn watch_writable(poll: &Poll, id: EndpointId, port: &Endpoint, on: bool) -> io:
     }
 }
 
-/// Receives up to `limit` frames from a port into the arena; returns how
-/// many slots were used. A datagram from a stranger keeps its slot, marked
-/// [`FROM_STRANGER`], so that the caller counts it.
+/// What [`receive`] got: frames in that many arena slots, and whether the
+/// peer hung up after them.
+enum Received {
+    Frames(usize),
+    HangUp(usize),
+}
+
+/// Receives up to `limit` frames from a port into the arena. A datagram
+/// from a stranger keeps its slot, marked [`FROM_STRANGER`], so that the
+/// caller counts it.
 fn receive(
     io: &PortIo,
     rx_batch: &mut RecvBatch,
     arena: &mut FrameArena,
     limit: usize,
-) -> io::Result<usize> {
+) -> io::Result<Received> {
     let first = arena.used;
     let region = &mut arena.bytes[first * SLOT_LEN..(first + limit) * SLOT_LEN];
     let received = match io {
@@ -1074,6 +1109,26 @@ fn receive(
                 };
             }
             n
+        }
+        PortIo::Seqpacket(socket) => {
+            let n = rx_batch.recv(socket.as_fd(), region, SLOT_LEN)?;
+            // At the peer's hang-up every further message reads as empty;
+            // the frames before the first empty one are real.
+            match (0..n).find(|&i| rx_batch.len_of(i) == 0) {
+                Some(frames) => {
+                    for i in 0..frames {
+                        arena.lens[first + i] = rx_batch.len_of(i) as u32;
+                    }
+                    arena.used += frames;
+                    return Ok(Received::HangUp(frames));
+                }
+                None => {
+                    for i in 0..n {
+                        arena.lens[first + i] = rx_batch.len_of(i) as u32;
+                    }
+                    n
+                }
+            }
         }
         PortIo::Tap(iface) => {
             let mut n = 0;
@@ -1092,7 +1147,7 @@ fn receive(
         }
     };
     arena.used += received;
-    Ok(received)
+    Ok(Received::Frames(received))
 }
 
 /// Writes frames to a tap one by one (a tap has no batched write), stopping

@@ -12,6 +12,7 @@
 //! only parses the command line ([`cli`]).
 #![deny(unsafe_code)]
 
+pub mod bess;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -29,6 +30,7 @@ use tracing::info;
 pub use config::Config;
 pub use error::Error;
 
+use bess::BessListener;
 use control::{ControlSocket, DataPlacement, ListenerSetup};
 use dataplane::{Dataplane, DataplaneHandle, PortInfo, PortIo};
 use files::{Permissions, VdeDir};
@@ -94,6 +96,17 @@ async fn serve(
             ControlSocket::bind(&dir.ctl(), setup(placement))
         })
         .transpose()?;
+    let bess = config
+        .bess
+        .as_deref()
+        .map(|path| BessListener::bind(path, &perms))
+        .transpose()?;
+    if let Some(bess) = &bess {
+        info!(
+            "listening for bess on {0}; UML: vec0:transport=bess,dst={0}",
+            bess.path().display()
+        );
+    }
     let sock = config.control_socket();
     let daemon_ctl = sock
         .map(|path| ControlSocket::bind(path, setup(DataPlacement::Abstract)))
@@ -124,9 +137,16 @@ async fn serve(
             }
         }
     };
+    let serve_bess = async {
+        match &bess {
+            Some(bess) => bess.serve(dataplane.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = serve_on(daemon_ctl) => result?,
         result = serve_on(vde_ctl) => result?,
+        result = serve_bess => result?,
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }

@@ -258,6 +258,46 @@ pub fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The pid and uid of the process at the other end of a connected Unix
+/// socket (`SO_PEERCRED`), which socket2 does not offer for every type.
+pub fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(i32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a live ucred and `len` its size; the kernel writes
+    // at most `len` bytes into it. The fd is valid (borrowed).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.pid, cred.uid))
+}
+
+/// Registers a socket with the tokio reactor, for reading (tokio's safe
+/// constructors are deprecated because they accept any `AsRawFd`).
+pub fn watch_socket(
+    socket: socket2::Socket,
+) -> io::Result<tokio::io::unix::AsyncFd<socket2::Socket>> {
+    // SAFETY: a socket2::Socket owns its descriptor: it stays open, and is
+    // the same one, until the Socket is dropped, which the AsyncFd that
+    // takes it over does only after deregistering it.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+}
+
 /// Borrows the descriptor of a type that only offers `AsRawFd` (such as
 /// `tun_tap::Iface`) for as long as the owner is borrowed.
 pub fn borrow_fd<T: AsRawFd>(owner: &T) -> BorrowedFd<'_> {
