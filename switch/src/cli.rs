@@ -39,6 +39,11 @@ pub struct Cli {
     /// connection is a port).
     #[arg(long, value_name = "PATH")]
     pub bess: Option<PathBuf>,
+    /// Also (or instead) listen for QEMU (7.2 or later):
+    /// `-netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH`
+    /// (every connection is a port; frames after a 4-byte length).
+    #[arg(long, value_name = "PATH")]
+    pub stream: Option<PathBuf>,
     /// Permission bits (octal) of the socket files created; directories get
     /// search permission for the same classes.
     #[arg(short, long, value_name = "MODE", default_value = "0600",
@@ -101,6 +106,7 @@ impl Cli {
             sock: self.sock.clone(),
             vde_dir: self.vde_dir.clone(),
             bess: self.bess.clone(),
+            stream: self.stream.clone(),
             mode: self.mode,
             group: self.group.clone(),
         }

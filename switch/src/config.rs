@@ -18,6 +18,8 @@ pub struct Config {
     pub vde_dir: Option<PathBuf>,
     /// A `SOCK_SEQPACKET` socket for UML's vector transport `bess`.
     pub bess: Option<PathBuf>,
+    /// A stream socket for QEMU's `-netdev stream`.
+    pub stream: Option<PathBuf>,
     /// Permission bits of the socket files created.
     pub mode: u32,
     /// Group (name or id) of the files created.
@@ -50,6 +52,7 @@ impl Config {
             sock: Some(sock.into()),
             vde_dir: None,
             bess: None,
+            stream: None,
             mode: 0o600,
             group: None,
             taps: Vec::new(),
@@ -65,12 +68,14 @@ impl Config {
     }
 
     /// The `--sock` control socket: as given, or `/tmp/uml.ctl` (UML's
-    /// default) when no other way in (`--vde-dir`, `--bess`) is given.
+    /// default) when no other way in (`--vde-dir`, `--bess`, `--stream`) is
+    /// given.
     pub fn control_socket(&self) -> Option<&Path> {
-        match (&self.sock, &self.vde_dir, &self.bess) {
-            (Some(sock), _, _) => Some(sock),
-            (None, None, None) => Some(Path::new(DEFAULT_SOCK)),
-            (None, _, _) => None,
+        let other_way_in = self.vde_dir.is_some() || self.bess.is_some() || self.stream.is_some();
+        match &self.sock {
+            Some(sock) => Some(sock),
+            None if other_way_in => None,
+            None => Some(Path::new(DEFAULT_SOCK)),
         }
     }
 

@@ -38,8 +38,9 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -117,8 +118,64 @@ pub enum PortIo {
     /// (UML's vector transport `bess`). A zero-length read is the peer's
     /// hang-up.
     Seqpacket(socket2::Socket),
+    /// A byte stream of records, each a 4-byte big-endian length and a
+    /// frame (QEMU's `-netdev stream`).
+    Stream(StreamPort),
     /// A host tap interface.
     Tap(tun_tap::Iface),
+}
+
+/// The most bytes waiting to be written to one stream client.
+const STREAM_TX_LIMIT: usize = 256 * 1024;
+/// A stream record's length prefix.
+const STREAM_PREFIX: usize = 4;
+
+/// A stream connection and what waits to be written to it.
+pub struct StreamPort {
+    socket: UnixStream,
+    /// Bytes not yet written. Every worker may send to the port, and a
+    /// record must not be cut by another's, so this is the one lock of the
+    /// data plane: taken once per flush, for stream ports only.
+    tx: Mutex<StreamTx>,
+}
+
+impl StreamPort {
+    /// Wraps a connected, non-blocking stream.
+    pub fn new(socket: UnixStream) -> Self {
+        StreamPort {
+            socket,
+            tx: Mutex::new(StreamTx {
+                bytes: Vec::with_capacity(STREAM_TX_LIMIT),
+                start: 0,
+            }),
+        }
+    }
+
+    fn tx(&self) -> std::sync::MutexGuard<'_, StreamTx> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct StreamTx {
+    bytes: Vec<u8>,
+    /// How much of `bytes` is already written.
+    start: usize,
+}
+
+/// Bytes read from a stream client that do not make a whole record yet
+/// (kept by the worker that reads the port).
+struct StreamRx {
+    bytes: Box<[u8]>,
+    len: usize,
+}
+
+impl StreamRx {
+    fn new() -> Self {
+        StreamRx {
+            bytes: vec![0; 2 * (STREAM_PREFIX + MAX_FRAME_LEN)].into_boxed_slice(),
+            len: 0,
+        }
+    }
 }
 
 impl PortIo {
@@ -126,6 +183,7 @@ impl PortIo {
         match self {
             PortIo::Datagram { socket, .. } => socket.as_fd(),
             PortIo::Seqpacket(socket) => socket.as_fd(),
+            PortIo::Stream(stream) => stream.socket.as_fd(),
             PortIo::Tap(iface) => crate::sys::borrow_fd(iface),
         }
     }
@@ -455,6 +513,16 @@ struct Endpoint {
     on_close: Option<oneshot::Sender<()>>,
     /// The peer has hung up: nothing more to read.
     hung_up: bool,
+    /// A stream port's partial record (owner only).
+    stream_rx: Option<StreamRx>,
+}
+
+impl Endpoint {
+    /// True while frames wait for room in the client's socket.
+    fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+            || matches!(&*self.io, PortIo::Stream(stream) if !stream.tx().bytes.is_empty())
+    }
 }
 
 /// Frame slots for backlogs, with a free list.
@@ -682,7 +750,7 @@ impl Worker {
     /// Queues a flush for a port whose client may have room again.
     fn mark_pending_tx(&mut self, id: EndpointId) {
         if let Some(Some(port)) = self.endpoints.get_mut(id.index()) {
-            if !port.backlog.is_empty() && !port.in_pending_tx {
+            if port.has_backlog() && !port.in_pending_tx {
                 port.in_pending_tx = true;
                 self.pending_tx.push(id);
             }
@@ -774,6 +842,7 @@ impl Worker {
             }
         }
         self.members[port.index()].push(ep);
+        let io_for_rx = io.clone();
         self.endpoints[ep.index()] = Some(Endpoint {
             port,
             io,
@@ -790,6 +859,7 @@ impl Worker {
             in_readable: false,
             on_close,
             hung_up: false,
+            stream_rx: (owned && matches!(&*io_for_rx, PortIo::Stream(_))).then(StreamRx::new),
         });
         // Frames may have arrived before the registration.
         self.mark_readable(ep);
@@ -838,8 +908,25 @@ impl Worker {
             }
             let first = self.arena.used;
             let limit = RX_BATCH.min(self.arena.free_slots());
-            let received = match receive(&port.io, &mut self.rx_batch, &mut self.arena, limit) {
+            let received = match receive(
+                &port.io,
+                port.stream_rx.as_mut(),
+                &mut self.rx_batch,
+                &mut self.arena,
+                limit,
+            ) {
                 Ok(Received::Frames(n)) => n,
+                Ok(Received::Malformed { frames, length }) => {
+                    warn!(
+                        "port {} ({}): stream record length {length} cannot be a frame (1 to {MAX_FRAME_LEN} bytes); closing the connection",
+                        port.port, port.info.peer
+                    );
+                    port.hung_up = true;
+                    if let Some(notify) = port.on_close.take() {
+                        let _ = notify.send(());
+                    }
+                    frames
+                }
                 Ok(Received::HangUp(n)) => {
                     port.hung_up = true;
                     if let Some(notify) = port.on_close.take() {
@@ -940,7 +1027,7 @@ impl Worker {
                 pressure.push((id, std::mem::take(&mut port.waiters), false));
             }
             port.contributors.clear();
-            let want_writable = !port.backlog.is_empty();
+            let want_writable = port.has_backlog();
             if want_writable != port.watching_tx {
                 match watch_writable(poll, id, port, want_writable) {
                     Ok(()) => port.watching_tx = want_writable,
@@ -988,6 +1075,14 @@ fn flush_endpoint(
     tx_batch: &mut SendBatch,
 ) {
     let id = port.port;
+    if let PortIo::Stream(stream) = &*port.io {
+        flush_stream(id, stream, &port.tx_queue, switch, arena);
+        if stream_progress(stream) {
+            port.last_progress = Instant::now();
+        }
+        port.tx_queue.clear();
+        return;
+    }
     let mut queued = 0; // how much of `tx_queue` has been sent
     loop {
         let from_backlog = port.backlog.len().min(TX_BATCH);
@@ -1008,6 +1103,7 @@ fn flush_endpoint(
         let result = match &*port.io {
             PortIo::Datagram { socket, .. } => tx_batch.send(socket.as_fd(), frames),
             PortIo::Seqpacket(socket) => tx_batch.send(socket.as_fd(), frames),
+            PortIo::Stream(_) => unreachable!("streams are flushed by flush_stream"),
             PortIo::Tap(iface) => send_tap(iface, frames),
         };
         let sent = match result {
@@ -1062,6 +1158,64 @@ fn flush_endpoint(
     port.tx_queue.clear();
 }
 
+/// Appends this turn's frames for a stream port as records (dropping what
+/// does not fit in [`STREAM_TX_LIMIT`]), then writes what the socket takes.
+fn flush_stream(
+    id: PortId,
+    stream: &StreamPort,
+    queue: &[u16],
+    switch: &mut Switch,
+    arena: &FrameArena,
+) {
+    let mut tx = stream.tx();
+    let mut dropped = 0u64;
+    for &slot in queue {
+        let frame = arena.frame(slot);
+        if tx.bytes.len() + STREAM_PREFIX + frame.len() > STREAM_TX_LIMIT {
+            dropped += 1;
+            continue;
+        }
+        tx.bytes
+            .extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        tx.bytes.extend_from_slice(frame);
+        switch.record_tx(id, frame.len());
+    }
+    if dropped > 0 {
+        switch.record_drops(id, DropReason::QueueFull, dropped);
+    }
+    while tx.start < tx.bytes.len() {
+        let StreamTx { bytes, start } = &mut *tx;
+        match (&stream.socket).write(&bytes[*start..]) {
+            Ok(0) => break,
+            Ok(n) => *start += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                debug!("port {id}: stream write failed: {e}");
+                switch.record_drops(id, DropReason::TxError, 1);
+                bytes.clear();
+                *start = 0;
+                return;
+            }
+        }
+    }
+    if tx.start == tx.bytes.len() {
+        tx.bytes.clear();
+        tx.start = 0;
+    } else if tx.start > STREAM_TX_LIMIT / 2 {
+        let start = tx.start;
+        tx.bytes.drain(..start);
+        tx.start = 0;
+    }
+}
+
+/// True if a stream port's writes made progress (its buffer is not stuck
+/// full): what [`STALL_AFTER`] measures for other ports.
+fn stream_progress(stream: &StreamPort) -> bool {
+    let tx = stream.tx();
+    tx.bytes.len() - tx.start < STREAM_TX_LIMIT / 2
+}
+
 /// Starts or stops asking epoll to say when a port's socket has room. The
 /// owner already watches the port for reading; other workers register it
 /// for writing only while they need to.
@@ -1085,6 +1239,12 @@ fn watch_writable(poll: &Poll, id: EndpointId, port: &Endpoint, on: bool) -> io:
 enum Received {
     Frames(usize),
     HangUp(usize),
+    /// A stream record whose length cannot be a frame; the stream cannot
+    /// be resynchronised.
+    Malformed {
+        frames: usize,
+        length: usize,
+    },
 }
 
 /// Receives up to `limit` frames from a port into the arena. A datagram
@@ -1092,10 +1252,14 @@ enum Received {
 /// caller counts it.
 fn receive(
     io: &PortIo,
+    stream_rx: Option<&mut StreamRx>,
     rx_batch: &mut RecvBatch,
     arena: &mut FrameArena,
     limit: usize,
 ) -> io::Result<Received> {
+    if let (PortIo::Stream(stream), Some(rx)) = (io, stream_rx) {
+        return receive_stream(&stream.socket, rx, arena, limit);
+    }
     let first = arena.used;
     let region = &mut arena.bytes[first * SLOT_LEN..(first + limit) * SLOT_LEN];
     let received = match io {
@@ -1130,6 +1294,7 @@ fn receive(
                 }
             }
         }
+        PortIo::Stream(_) => 0, // read by its owner, with its StreamRx
         PortIo::Tap(iface) => {
             let mut n = 0;
             for slot in region.chunks_exact_mut(SLOT_LEN) {
@@ -1148,6 +1313,65 @@ fn receive(
     };
     arena.used += received;
     Ok(Received::Frames(received))
+}
+
+/// Reads a stream port: whole records become frames in the arena (up to
+/// `limit`), a partial one waits in `rx` for the rest.
+fn receive_stream(
+    socket: &UnixStream,
+    rx: &mut StreamRx,
+    arena: &mut FrameArena,
+    limit: usize,
+) -> io::Result<Received> {
+    let mut frames = 0;
+    loop {
+        // Take every whole record already buffered.
+        let mut consumed = 0;
+        while frames < limit && rx.len - consumed >= STREAM_PREFIX {
+            let prefix = &rx.bytes[consumed..consumed + STREAM_PREFIX];
+            let length = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+            if length == 0 || length > MAX_FRAME_LEN {
+                arena.used += frames;
+                return Ok(Received::Malformed { frames, length });
+            }
+            if rx.len - consumed < STREAM_PREFIX + length {
+                break;
+            }
+            let body = consumed + STREAM_PREFIX;
+            let slot = arena.used + frames;
+            arena.bytes[slot * SLOT_LEN..slot * SLOT_LEN + length]
+                .copy_from_slice(&rx.bytes[body..body + length]);
+            arena.lens[slot] = length as u32;
+            frames += 1;
+            consumed = body + length;
+        }
+        rx.bytes.copy_within(consumed..rx.len, 0);
+        rx.len -= consumed;
+        if frames == limit {
+            arena.used += frames;
+            return Ok(Received::Frames(frames));
+        }
+        match (&*socket).read(&mut rx.bytes[rx.len..]) {
+            Ok(0) => {
+                arena.used += frames;
+                return Ok(Received::HangUp(frames));
+            }
+            Ok(n) => rx.len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                arena.used += frames;
+                return Ok(Received::Frames(frames));
+            }
+            Err(e) => {
+                arena.used += frames;
+                return if frames > 0 {
+                    Ok(Received::Frames(frames))
+                } else {
+                    Err(e)
+                };
+            }
+        }
+    }
 }
 
 /// Writes frames to a tap one by one (a tap has no batched write), stopping

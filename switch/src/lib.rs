@@ -12,9 +12,9 @@
 //! only parses the command line ([`cli`]).
 #![deny(unsafe_code)]
 
-pub mod bess;
 pub mod cli;
 pub mod config;
+pub mod connected;
 pub mod control;
 pub mod dataplane;
 mod error;
@@ -30,7 +30,7 @@ use tracing::info;
 pub use config::Config;
 pub use error::Error;
 
-use bess::BessListener;
+use connected::{ConnectionListener, Transport};
 use control::{ControlSocket, DataPlacement, ListenerSetup};
 use dataplane::{Dataplane, DataplaneHandle, PortInfo, PortIo};
 use files::{Permissions, VdeDir};
@@ -99,12 +99,23 @@ async fn serve(
     let bess = config
         .bess
         .as_deref()
-        .map(|path| BessListener::bind(path, &perms))
+        .map(|path| ConnectionListener::bind(Transport::Bess, path, &perms))
         .transpose()?;
     if let Some(bess) = &bess {
         info!(
             "listening for bess on {0}; UML: vec0:transport=bess,dst={0}",
             bess.path().display()
+        );
+    }
+    let stream = config
+        .stream
+        .as_deref()
+        .map(|path| ConnectionListener::bind(Transport::Stream, path, &perms))
+        .transpose()?;
+    if let Some(stream) = &stream {
+        info!(
+            "listening for streams on {0}; QEMU: -netdev stream,id=n0,server=off,addr.type=unix,addr.path={0}",
+            stream.path().display()
         );
     }
     let sock = config.control_socket();
@@ -137,16 +148,20 @@ async fn serve(
             }
         }
     };
-    let serve_bess = async {
-        match &bess {
-            Some(bess) => bess.serve(dataplane.clone()).await,
-            None => std::future::pending().await,
+    let serve_connections = |listener: Option<ConnectionListener>| {
+        let dataplane = dataplane.clone();
+        async move {
+            match listener {
+                Some(listener) => listener.serve(dataplane).await,
+                None => std::future::pending().await,
+            }
         }
     };
     tokio::select! {
         result = serve_on(daemon_ctl) => result?,
         result = serve_on(vde_ctl) => result?,
-        result = serve_bess => result?,
+        result = serve_connections(bess) => result?,
+        result = serve_connections(stream) => result?,
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
