@@ -93,6 +93,26 @@ impl ConnectionListener {
         })
     }
 
+    /// Binds `path`, if given, and says so in the log with the option a
+    /// client needs to reach it.
+    pub fn bind_if_asked(
+        transport: Transport,
+        path: Option<&Path>,
+        perms: &Permissions,
+    ) -> Result<Option<Self>, Error> {
+        let Some(path) = path else { return Ok(None) };
+        let listener = Self::bind(transport, path, perms)?;
+        let path = path.display();
+        let client = match transport {
+            Transport::Bess => format!("UML: vec0:transport=bess,dst={path}"),
+            Transport::Stream => {
+                format!("QEMU: -netdev stream,id=n0,server=off,addr.type=unix,addr.path={path}")
+            }
+        };
+        info!("listening for {} on {path}; {client}", transport.name());
+        Ok(Some(listener))
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -96,28 +96,9 @@ async fn serve(
             ControlSocket::bind(&dir.ctl(), setup(placement))
         })
         .transpose()?;
-    let bess = config
-        .bess
-        .as_deref()
-        .map(|path| ConnectionListener::bind(Transport::Bess, path, &perms))
-        .transpose()?;
-    if let Some(bess) = &bess {
-        info!(
-            "listening for bess on {0}; UML: vec0:transport=bess,dst={0}",
-            bess.path().display()
-        );
-    }
-    let stream = config
-        .stream
-        .as_deref()
-        .map(|path| ConnectionListener::bind(Transport::Stream, path, &perms))
-        .transpose()?;
-    if let Some(stream) = &stream {
-        info!(
-            "listening for streams on {0}; QEMU: -netdev stream,id=n0,server=off,addr.type=unix,addr.path={0}",
-            stream.path().display()
-        );
-    }
+    let bess = ConnectionListener::bind_if_asked(Transport::Bess, config.bess.as_deref(), &perms)?;
+    let stream =
+        ConnectionListener::bind_if_asked(Transport::Stream, config.stream.as_deref(), &perms)?;
     let sock = config.control_socket();
     let daemon_ctl = sock
         .map(|path| ControlSocket::bind(path, setup(DataPlacement::Abstract)))
