@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -261,9 +261,17 @@ impl Client {
                 return Err(HandshakeError::DataSocket(e));
             }
         };
+        // A pathname client's socket file belongs to its user (vde_switch's
+        // notion of the port's user); shown beside the peer credentials.
+        let owner = match request.client.kind() {
+            SockaddrKind::Pathname(path) => std::fs::symlink_metadata(OsStr::from_bytes(path))
+                .map(|meta| format!(", socket owner uid {}", meta.uid()))
+                .unwrap_or_default(),
+            SockaddrKind::Abstract(_) => String::new(),
+        };
         let info = PortInfo {
             transport: "daemon",
-            peer: format!("{} ({})", request.client, self.who),
+            peer: format!("{} ({}{owner})", request.client, self.who),
             description: request.description.clone(),
         };
         let io = PortIo::Datagram {
