@@ -1,7 +1,8 @@
 //! Support code for the end-to-end tests of uml-switch: starting the daemon,
-//! a test client that speaks the UML daemon protocol, network namespaces,
-//! and User-Mode-Linux guests.
+//! a test client that speaks the UML daemon protocol, a client of the bess
+//! (SOCK_SEQPACKET) transport, network namespaces, and User-Mode-Linux guests.
 
+pub mod bess;
 pub mod client;
 pub mod daemon;
 pub mod netns;

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `init.sh` | host | the guest's init script |
 //! | `console.log` | host (UML's stdout/stderr) | kernel log and init output |
-//! | `ready` | guest | `ok UPTIME` once `eth0` is up, or `error ...` |
+//! | `ready` | guest | `ok UPTIME` once its interface (`eth0`, or `vec0` for [`GuestBuilder::bess`]) is up, or `error ...` |
 //! | `ping.out`, `ping.rc` | guest | full output and exit code of the ping of its peer (`ping.rc` last) |
 //! | `release` | host | barrier: the guest halts once it exists (or after a bounded wait) |
 //! | other files | guest ([`GuestBuilder::script`]) | whatever the script writes; see [`Guest::wait_file`] |
@@ -286,6 +286,25 @@ impl SwitchProcess {
         SwitchProcess::launch(argv, netns, sock, None, log, false)
     }
 
+    /// Like [`SwitchProcess::start`], with `extra` arguments appended to the
+    /// command line (e.g. `["--bess", PATH]`); only for our switch.
+    pub fn start_with(
+        which: &SwitchImpl,
+        netns: Option<&NetNs>,
+        sock: &Path,
+        taps: &[&str],
+        extra: &[&str],
+        log: &Path,
+    ) -> SwitchProcess {
+        assert!(
+            extra.is_empty() || matches!(which, SwitchImpl::UnderTest(_)),
+            "extra arguments {extra:?} are for uml-switch only; unset UML_E2E_SWITCH for this test"
+        );
+        let mut argv = which.command_line(sock, taps);
+        argv.extend(extra.iter().map(OsString::from));
+        SwitchProcess::launch(argv, netns, sock, None, log, false)
+    }
+
     /// Starts `which` serving the vde_switch directory layout in `dir`
     /// (created by the switch; control socket `dir/ctl`, one data socket
     /// file per port) inside `netns` (or the current namespace), logging to
@@ -533,6 +552,9 @@ pub struct GuestBuilder<'a> {
     /// If set, `eth0` uses UML's vde transport on this vde directory
     /// instead of the daemon transport on `ctl`.
     vde_dir: Option<PathBuf>,
+    /// If set, the guest's interface is `vec0`, UML's vector transport
+    /// `bess` connected to this SOCK_SEQPACKET socket, instead of `eth0`.
+    bess: Option<PathBuf>,
     switch_log: Option<PathBuf>,
     netns: Option<&'a NetNs>,
     mac: Option<String>,
@@ -544,7 +566,7 @@ pub struct GuestBuilder<'a> {
 }
 
 impl<'a> GuestBuilder<'a> {
-    /// Gives `eth0` this MAC address (`02:00:...`); default: UML picks a
+    /// Gives the interface this MAC address (`02:00:...`); default: UML picks a
     /// random one at every boot.
     pub fn mac(mut self, mac: &str) -> Self {
         assert!(
@@ -555,14 +577,24 @@ impl<'a> GuestBuilder<'a> {
         self
     }
 
-    /// Gives `eth0` this address in CIDR form, e.g. `10.199.1.1/24`
-    /// (required).
+    /// Replaces `eth0` by `vec0`, UML's vector transport `bess` on the
+    /// SOCK_SEQPACKET socket `path` (`vec0:transport=bess,dst=PATH[,mac=MAC]`,
+    /// no `src=`: a bound client socket file would break the next boot).
+    /// The guest connects when `vec0` goes up and closes when it goes down;
+    /// [`GuestBuilder::addr`] and the ping then apply to `vec0`.
+    pub fn bess(mut self, path: &Path) -> Self {
+        self.bess = Some(path.to_path_buf());
+        self
+    }
+
+    /// Gives the guest's interface this address in CIDR form, e.g.
+    /// `10.199.1.1/24` (required).
     pub fn addr(mut self, cidr: &str) -> Self {
         self.addr = Some(checked_word(cidr));
         self
     }
 
-    /// Makes the guest ping `peer` once `eth0` is up: it first waits
+    /// Makes the guest ping `peer` once its interface is up: it first waits
     /// (bounded) until the peer answers a single echo request, then runs
     /// `ping -c COUNT -W 2 PEER` and reports the result (see
     /// [`Guest::wait_ping`]).
@@ -578,7 +610,7 @@ impl<'a> GuestBuilder<'a> {
         self
     }
 
-    /// Makes the guest run the `/bin/sh` commands `script` once `eth0` is
+    /// Makes the guest run the `/bin/sh` commands `script` once its interface is
     /// up (after the ping, if any) and before it waits for its `release`
     /// barrier.  `$DIR` is the run directory (shared with the host, see
     /// [`Guest::wait_file`]); `PATH` is set and `/proc` is mounted.  The
@@ -642,7 +674,7 @@ impl<'a> GuestBuilder<'a> {
             "con=null".into(),
             "ssl=null".into(),
             "con0=null,fd:1".into(),
-            self.eth0_option(&ctl),
+            self.net_option(&ctl),
         ];
         let mut cmd = match self.netns {
             Some(ns) => ns.exec_command("linux"),
@@ -667,6 +699,34 @@ impl<'a> GuestBuilder<'a> {
             child,
             exit: None,
             started,
+        }
+    }
+
+    /// The guest's network interface: `vec0` with [`GuestBuilder::bess`],
+    /// else `eth0`.
+    fn ifname(&self) -> &'static str {
+        if self.bess.is_some() {
+            "vec0"
+        } else {
+            "eth0"
+        }
+    }
+
+    /// The kernel option creating the guest's interface: `vec0:...` with
+    /// [`GuestBuilder::bess`], else [`GuestBuilder::eth0_option`].
+    fn net_option(&self, ctl: &str) -> String {
+        match &self.bess {
+            None => self.eth0_option(ctl),
+            Some(path) => {
+                let path = checked_word(
+                    path.to_str()
+                        .unwrap_or_else(|| panic!("non-UTF-8 bess socket {}", path.display())),
+                );
+                match &self.mac {
+                    Some(mac) => format!("vec0:transport=bess,dst={path},mac={mac}"),
+                    None => format!("vec0:transport=bess,dst={path}"),
+                }
+            }
         }
     }
 
@@ -726,10 +786,10 @@ DIR={dir}
 mount -t proc proc /proc
 echo "E2E: init of {name} started"
 ip link set lo up
-if ip addr add {addr} dev eth0 && ip link set eth0 up; then
+if ip addr add {addr} dev {ifname} && ip link set {ifname} up; then
     echo "ok $(cut -d' ' -f1 /proc/uptime)" >"$DIR/ready.tmp"
 else
-    echo "error: cannot configure eth0 (no connection to the switch?)" >"$DIR/ready.tmp"
+    echo "error: cannot configure {ifname} (no connection to the switch?)" >"$DIR/ready.tmp"
 fi
 ip addr show >>"$DIR/ready.tmp" 2>&1
 mv "$DIR/ready.tmp" "$DIR/ready"
@@ -746,6 +806,7 @@ echo "E2E: {name} halting"
 busybox halt -f
 "#,
             name = self.name,
+            ifname = self.ifname(),
             script = self.script.as_deref().unwrap_or(""),
         )
     }
@@ -795,6 +856,7 @@ impl Guest {
             name: checked_word(name),
             ctl: ctl.to_path_buf(),
             vde_dir: None,
+            bess: None,
             switch_log: None,
             netns: None,
             mac: None,
@@ -855,7 +917,7 @@ impl Guest {
         let ready = self.wait_for_file("ready", BOOT_TIMEOUT);
         if !ready.starts_with("ok ") {
             self.fail(format!(
-                "guest {} could not configure eth0: {}",
+                "guest {} could not configure its interface: {}",
                 self.name,
                 ready.trim()
             ));
@@ -1098,6 +1160,19 @@ mod tests {
         assert_eq!(
             vde.eth0_option("/tmp/x/vde/ctl"),
             "eth0=vde,/tmp/x/vde,02:00:00:00:00:02"
+        );
+        assert_eq!(vde.ifname(), "eth0");
+        let bess = Guest::builder_for_socket("g", Path::new("/tmp/x/ctl"))
+            .bess(Path::new("/tmp/x/bess.sock"));
+        assert_eq!(bess.ifname(), "vec0");
+        assert_eq!(
+            bess.net_option("/tmp/x/ctl"),
+            "vec0:transport=bess,dst=/tmp/x/bess.sock"
+        );
+        let bess = bess.mac("02:00:00:00:00:03");
+        assert_eq!(
+            bess.net_option("/tmp/x/ctl"),
+            "vec0:transport=bess,dst=/tmp/x/bess.sock,mac=02:00:00:00:00:03"
         );
     }
 }

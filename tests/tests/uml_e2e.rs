@@ -216,3 +216,116 @@ fn vde_transport_and_daemon_guests_ping_each_other_through_a_vde_dir() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Waits for the result of the second ping a guest's script ran (files
+/// `ping2.out`, then `ping2.rc`), prints it, and panics unless every echo
+/// request was answered.
+fn expect_guest_second_ping(guest: &mut Guest, peer: &str, what: &str) {
+    let rc = guest.wait_file("ping2.rc", Duration::from_secs(90));
+    let output = std::fs::read_to_string(guest.run_dir().join("ping2.out"))
+        .unwrap_or_else(|e| guest.fail(format!("ping2.out: {e}")));
+    let stats = parse_ping(&output);
+    match stats {
+        Some(stats) => println!("{} -> {peer} {what}: {stats}", guest.name()),
+        None => println!("{} -> {peer} {what}: no ping summary", guest.name()),
+    }
+    let all_replied = stats.is_some_and(|s| s.transmitted > 0 && s.received == s.transmitted);
+    if rc.trim() != "0" || !all_replied {
+        guest.fail(format!(
+            "guest {} could not ping {peer} {what} (exit code {}):\n{output}",
+            guest.name(),
+            rc.trim()
+        ));
+    }
+}
+
+#[test]
+fn bess_vector_guest_pings_a_daemon_guest_and_reconnects_after_link_bounce() {
+    require_uml_environment();
+    let ns = NetNs::new("umlbess");
+    let dir = scratch();
+    let bess = dir.path().join("bess.sock");
+    let bess_arg = bess.to_str().expect("UTF-8 scratch path");
+    let mut switch = SwitchProcess::start_with(
+        &switch_impl(),
+        Some(&ns),
+        &dir.path().join("ctl"),
+        &[],
+        &["--bess", bess_arg],
+        &dir.path().join("switch.log"),
+    );
+
+    // a: vec0:transport=bess,dst=PATH,mac=MAC; b: eth0=daemon,MAC,unix,CTL.
+    // After its first ping, a waits (bounded) for the host's go-ahead, so
+    // that b's ping is over before a bounces its link: down closes the
+    // connection, up reconnects (a new port), then a pings again.
+    let mut a = Guest::builder("a", &switch)
+        .bess(&bess)
+        .netns(&ns)
+        .mac("02:00:0a:09:00:07")
+        .addr("10.199.4.1/24")
+        .ping("10.199.4.2", 3)
+        .script(
+            r#"
+ticks=0
+while [ ! -e "$DIR/bounce" ] && [ "$ticks" -lt 300 ]; do
+    sleep 0.2
+    ticks=$((ticks + 1))
+done
+ip link set vec0 down
+echo "E2E: vec0 down"
+sleep 0.5
+ip link set vec0 up && echo "E2E: vec0 up again"
+tries=0
+until ping -c 1 -W 1 10.199.4.2 >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ "$tries" -ge 30 ] && break
+    sleep 0.2
+done
+ping -c 3 -W 2 10.199.4.2 >"$DIR/ping2.tmp" 2>&1
+echo $? >"$DIR/ping2.rc.tmp"
+echo "E2E: second ping exited $(cat "$DIR/ping2.rc.tmp") after $tries failed probes"
+cat "$DIR/ping2.tmp"
+mv "$DIR/ping2.tmp" "$DIR/ping2.out"
+mv "$DIR/ping2.rc.tmp" "$DIR/ping2.rc"
+"#,
+        )
+        .boot(dir.path());
+    let mut b = Guest::builder("b", &switch)
+        .netns(&ns)
+        .mac("02:00:0a:09:00:08")
+        .addr("10.199.4.2/24")
+        .ping("10.199.4.1", 3)
+        .boot(dir.path());
+
+    let boot_a = a.wait_ready();
+    let boot_b = b.wait_ready();
+    println!(
+        "bess_vector_guest_pings_a_daemon_guest_and_reconnects_after_link_bounce: interface up \
+         after {:.1} s (a, vec0 bess), {:.1} s (b, eth0 daemon)",
+        boot_a.as_secs_f64(),
+        boot_b.as_secs_f64()
+    );
+
+    expect_guest_ping(&mut a, "10.199.4.2");
+    expect_guest_ping(&mut b, "10.199.4.1");
+    switch.assert_running();
+
+    std::fs::write(a.run_dir().join("bounce"), b"").expect("write the bounce barrier");
+    expect_guest_second_ping(&mut a, "10.199.4.2", "after ip link down/up");
+    switch.assert_running();
+
+    // The switch saw the bess guest connect twice and leave once.
+    let log = std::fs::read_to_string(switch.log()).unwrap_or_default();
+    let connects = log.matches("connected: bess client").count();
+    if connects < 2 || !log.contains("disconnected (bess client") {
+        switch.fail(format!(
+            "expected two bess connections and a disconnection in the log, saw {connects} \
+             connections"
+        ));
+    }
+
+    a.halt();
+    b.halt();
+    switch.assert_running();
+}
