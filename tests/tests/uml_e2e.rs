@@ -329,3 +329,112 @@ mv "$DIR/ping2.rc.tmp" "$DIR/ping2.rc"
     b.halt();
     switch.assert_running();
 }
+
+/// A guest script that pings every address in `peers` (3 echo requests
+/// each, after waiting, bounded, for the peer to answer at all) and leaves
+/// `ping-ADDR.out` and `ping-ADDR.rc` in its run directory.
+fn ping_all_script(peers: &[&str]) -> String {
+    let mut script = String::new();
+    for peer in peers {
+        script.push_str(&format!(
+            r#"
+tries=0
+until ping -c 1 -W 1 {peer} >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ "$tries" -ge 60 ] && break
+    sleep 0.2
+done
+ping -c 3 -W 2 {peer} >"$DIR/ping-{peer}.tmp" 2>&1
+echo $? >"$DIR/ping-{peer}.rc.tmp"
+mv "$DIR/ping-{peer}.tmp" "$DIR/ping-{peer}.out"
+mv "$DIR/ping-{peer}.rc.tmp" "$DIR/ping-{peer}.rc"
+echo "E2E: ping {peer} exited $(cat "$DIR/ping-{peer}.rc")"
+"#
+        ));
+    }
+    script
+}
+
+/// Waits for the report of `guest`'s ping of `peer` written by
+/// [`ping_all_script`], prints it, and fails unless every request was answered.
+fn expect_scripted_ping(guest: &mut Guest, peer: &str) {
+    let rc = guest.wait_file(&format!("ping-{peer}.rc"), Duration::from_secs(90));
+    let output = std::fs::read_to_string(guest.run_dir().join(format!("ping-{peer}.out")))
+        .unwrap_or_default();
+    match parse_ping(&output) {
+        Some(stats) => println!("{} -> {peer}: {stats}", guest.name()),
+        None => println!("{} -> {peer}: no ping summary", guest.name()),
+    }
+    if rc.trim() != "0" {
+        guest.fail(format!(
+            "guest {} could not ping {peer} (exit code {}):\n{output}",
+            guest.name(),
+            rc.trim()
+        ));
+    }
+}
+
+/// One switch serving every way in at once: a guest on the daemon
+/// transport (`--sock`), one on the vde transport (`--vde-dir`, through
+/// vde_plug) and one on the vector transport (`--bess`); every guest pings
+/// every other.
+#[test]
+fn guests_on_every_uml_transport_ping_each_other_through_one_switch() {
+    require_uml_environment();
+    require_vde_plug();
+    let ns = NetNs::new("umlmix");
+    let dir = scratch();
+    let vde_dir = dir.path().join("vde");
+    let bess = dir.path().join("bess.sock");
+    let switch = SwitchProcess::start_with(
+        &switch_impl(),
+        Some(&ns),
+        &dir.path().join("ctl"),
+        &[],
+        &[
+            "--vde-dir",
+            vde_dir.to_str().expect("UTF-8 path"),
+            "--bess",
+            bess.to_str().expect("UTF-8 path"),
+        ],
+        &dir.path().join("switch.log"),
+    );
+    let (daemon_ip, vde_ip, bess_ip) = ("10.199.5.1", "10.199.5.2", "10.199.5.3");
+    let mut daemon = Guest::builder("daemon", &switch)
+        .netns(&ns)
+        .mac("02:00:0a:09:05:01")
+        .addr(&format!("{daemon_ip}/24"))
+        .script(&ping_all_script(&[vde_ip, bess_ip]))
+        .boot(dir.path());
+    let mut vde = Guest::builder_for_vde_dir("vde", &vde_dir)
+        .netns(&ns)
+        .mac("02:00:0a:09:05:02")
+        .addr(&format!("{vde_ip}/24"))
+        .script(&ping_all_script(&[daemon_ip, bess_ip]))
+        .boot(dir.path());
+    let mut vector = Guest::builder("bess", &switch)
+        .bess(&bess)
+        .netns(&ns)
+        .mac("02:00:0a:09:05:03")
+        .addr(&format!("{bess_ip}/24"))
+        .script(&ping_all_script(&[daemon_ip, vde_ip]))
+        .boot(dir.path());
+    for guest in [&mut daemon, &mut vde, &mut vector] {
+        let up = guest.wait_ready();
+        println!(
+            "{}: interface up after {:.1} s",
+            guest.name(),
+            up.as_secs_f64()
+        );
+    }
+    expect_scripted_ping(&mut daemon, vde_ip);
+    expect_scripted_ping(&mut daemon, bess_ip);
+    expect_scripted_ping(&mut vde, daemon_ip);
+    expect_scripted_ping(&mut vde, bess_ip);
+    expect_scripted_ping(&mut vector, daemon_ip);
+    expect_scripted_ping(&mut vector, vde_ip);
+    for guest in [&mut daemon, &mut vde, &mut vector] {
+        guest.halt();
+    }
+    drop(switch);
+}
