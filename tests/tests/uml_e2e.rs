@@ -438,3 +438,65 @@ fn guests_on_every_uml_transport_ping_each_other_through_one_switch() {
     }
     drop(switch);
 }
+
+/// A child process this test started, stopped by its PID when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// vde2's `vde_plug2tap` joins a tap to the switch's vde directory: the
+/// namespace, through that tap, and a daemon-transport guest ping each
+/// other.
+#[test]
+fn vde_plug2tap_joins_a_tap_that_pings_a_guest() {
+    require_uml_environment();
+    require_vde_plug();
+    let ns = NetNs::new("umlp2t");
+    let dir = scratch();
+    let vde_dir = dir.path().join("vde");
+    let mut switch = SwitchProcess::start_with(
+        &switch_impl(),
+        Some(&ns),
+        &dir.path().join("ctl"),
+        &[],
+        &["--vde-dir", vde_dir.to_str().expect("UTF-8 path")],
+        &dir.path().join("switch.log"),
+    );
+    let plug = Child(
+        ns.exec_command("vde_plug2tap")
+            .args(["-s", vde_dir.to_str().expect("UTF-8 path"), "p2tap0"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start vde_plug2tap"),
+    );
+    if !ns.wait_for_link("p2tap0", Duration::from_secs(10)) {
+        switch.fail("vde_plug2tap did not create tap p2tap0");
+    }
+    ns.ip_ok(&["addr", "add", "10.199.6.1/24", "dev", "p2tap0"]);
+    ns.ip_ok(&["link", "set", "p2tap0", "up"]);
+    let mut guest = Guest::builder("g", &switch)
+        .netns(&ns)
+        .mac("02:00:0a:09:06:02")
+        .addr("10.199.6.2/24")
+        .ping("10.199.6.1", 3)
+        .boot(dir.path());
+    guest.wait_ready();
+    expect_guest_ping(&mut guest, "10.199.6.1");
+    let out = ns.run(&["ping", "-c", "3", "-W", "2", "10.199.6.2"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match parse_ping(&text) {
+        Some(stats) if out.status.success() && stats.received == stats.transmitted => {
+            println!("tap p2tap0 (vde_plug2tap) -> 10.199.6.2: {stats}")
+        }
+        _ => guest.fail(format!("ping through vde_plug2tap's tap failed:\n{text}")),
+    }
+    guest.halt();
+    drop(plug);
+    switch.assert_running();
+}
