@@ -139,12 +139,46 @@ impl SwitchProcess {
         Self::spawn_with(dir, ctl_path, &argv)
     }
 
+    /// Like [`SwitchProcess::start`], but the switch runs as `uid`:`gid`
+    /// (the test must be root), in a temporary directory that user owns.
+    pub fn start_as(uid: u32, gid: u32, args: &[&str]) -> SwitchProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("uml-switch-test.")
+            .tempdir()
+            .expect("create temp dir for the switch");
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+            .expect("give the switch's directory to its user (the test needs root)");
+        let ctl_path = dir.path().join("ctl");
+        let mut argv = vec![OsString::from("--sock"), ctl_path.clone().into()];
+        argv.extend(args.iter().map(OsString::from));
+        let mut switch = Self::spawn_with_user(dir, &ctl_path, &argv, Some((uid, gid)))
+            .expect("spawn the switch");
+        if let Err(err) = switch.wait_ready(READY_TIMEOUT) {
+            panic!("switch did not become ready: {err}\n{}", switch.logs());
+        }
+        switch
+    }
+
     /// Spawns the switch with exactly `argv`; `ctl_path` is where it will
     /// listen.
     fn spawn_with(dir: TempDir, ctl_path: &Path, argv: &[OsString]) -> io::Result<SwitchProcess> {
+        Self::spawn_with_user(dir, ctl_path, argv, None)
+    }
+
+    fn spawn_with_user(
+        dir: TempDir,
+        ctl_path: &Path,
+        argv: &[OsString],
+        user: Option<(u32, u32)>,
+    ) -> io::Result<SwitchProcess> {
         let stdout = File::create(dir.path().join("stdout.log"))?;
         let stderr = File::create(dir.path().join("stderr.log"))?;
-        let mut child = Command::new(switch_binary())
+        let mut command = Command::new(switch_binary());
+        if let Some((uid, gid)) = user {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, gid);
+        }
+        let mut child = command
             .args(argv)
             .current_dir(dir.path())
             .stdin(Stdio::piped())

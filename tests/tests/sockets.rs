@@ -412,6 +412,45 @@ fn a_port_number_out_of_range_is_refused_at_once() {
     bench.assert_forwards_both_ways(&a, A, &b, B, 43);
 }
 
+/// A switch that may not write to a client's socket file refuses the
+/// client at once, and its log names the socket and the error.
+#[test]
+fn a_client_the_switch_cannot_reach_is_refused_with_the_path_and_errno() {
+    const NOBODY: u32 = 65534;
+    // The switch runs as nobody; the client's socket sits in a directory
+    // only root may enter.
+    let switch = SwitchProcess::start_as(NOBODY, NOBODY, &[]);
+    match Client::connect(switch.ctl_path(), DataSocketKind::Pathname) {
+        Ok(_) => panic!(
+            "the switch attached a client it cannot reach\n{}",
+            switch.logs()
+        ),
+        Err(err) => assert_eq!(
+            err.kind(),
+            ErrorKind::UnexpectedEof,
+            "{err}\n{}",
+            switch.logs()
+        ),
+    }
+    let logs = switch.logs();
+    assert!(
+        logs.contains("cannot reach the client's data socket /")
+            && logs.contains("Permission denied"),
+        "the refusal should name the socket and the error\n{logs}"
+    );
+    // Clients it can reach still attach and forward.
+    let a = Client::connect(switch.ctl_path(), DataSocketKind::Abstract).expect("attach");
+    let b = Client::connect(switch.ctl_path(), DataSocketKind::Abstract).expect("attach");
+    let frame = tagged_frame(BROADCAST, mac(A), 44);
+    a.send_frame(&frame).expect("send");
+    assert_eq!(
+        b.recv_frame(DELIVERY_TIMEOUT),
+        Some(frame),
+        "{}",
+        switch.logs()
+    );
+}
+
 #[test]
 fn full_size_frame_is_delivered_intact() {
     let bench = Bench::start();
