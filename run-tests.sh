@@ -21,25 +21,22 @@ pkg_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
-# Debian package, and the commands that show it (or an equivalent) is present.
+# The Debian packages the tests use: UML guests (user-mode-linux, with
+# iproute2, iputils-ping and a static busybox inside them), vde2's tools as
+# real clients, and QEMU (whose test guest's initramfs needs the static
+# busybox too; busybox-static replaces Debian's dynamic busybox).
 required=(
-    "user-mode-linux:linux"
-    "iproute2:ip"
-    "iputils-ping:ping"
-    "busybox:busybox"
-    "vde2:vde_switch vde_plug"
+    user-mode-linux
+    iproute2
+    iputils-ping
+    busybox-static
+    vde2
+    qemu-system-x86
 )
 
 missing=()
-for entry in "${required[@]}"; do
-    pkg=${entry%%:*}
-    present=yes
-    for cmd in ${entry#*:}; do
-        command -v "$cmd" >/dev/null 2>&1 || present=no
-    done
-    if [[ $present == no ]] && ! pkg_installed "$pkg"; then
-        missing+=("$pkg")
-    fi
+for pkg in "${required[@]}"; do
+    pkg_installed "$pkg" || missing+=("$pkg")
 done
 
 if ((${#missing[@]} > 0)); then
@@ -51,6 +48,11 @@ if ((${#missing[@]} > 0)); then
     log "installing missing Debian packages: ${missing[*]}"
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+elif [[ $(id -u) -eq 0 ]] && ! compgen -G "/var/tmp/uml-switch-qemu-cache/linux-image-*" >/dev/null; then
+    # The QEMU tests fetch a Debian cloud kernel once (apt-get download),
+    # which needs current package lists.
+    log "refreshing the package lists for the QEMU test kernel"
+    apt-get update
 fi
 
 if [[ $(id -u) -ne 0 ]]; then

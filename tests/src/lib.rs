@@ -6,5 +6,6 @@ pub mod bess;
 pub mod client;
 pub mod daemon;
 pub mod netns;
+pub mod qemu;
 pub mod uml;
 pub mod vde;

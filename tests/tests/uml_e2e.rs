@@ -22,7 +22,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 use uml_switch_tests::netns::NetNs;
 use uml_switch_tests::uml::{
-    parse_ping, require_uml_environment, Guest, SwitchImpl, SwitchProcess,
+    expect_scripted_ping, parse_ping, ping_all_script, require_uml_environment, Guest, SwitchImpl,
+    SwitchProcess,
 };
 use uml_switch_tests::vde::require_vde_plug;
 
@@ -328,50 +329,6 @@ mv "$DIR/ping2.rc.tmp" "$DIR/ping2.rc"
     a.halt();
     b.halt();
     switch.assert_running();
-}
-
-/// A guest script that pings every address in `peers` (3 echo requests
-/// each, after waiting, bounded, for the peer to answer at all) and leaves
-/// `ping-ADDR.out` and `ping-ADDR.rc` in its run directory.
-fn ping_all_script(peers: &[&str]) -> String {
-    let mut script = String::new();
-    for peer in peers {
-        script.push_str(&format!(
-            r#"
-tries=0
-until ping -c 1 -W 1 {peer} >/dev/null 2>&1; do
-    tries=$((tries + 1))
-    [ "$tries" -ge 60 ] && break
-    sleep 0.2
-done
-ping -c 3 -W 2 {peer} >"$DIR/ping-{peer}.tmp" 2>&1
-echo $? >"$DIR/ping-{peer}.rc.tmp"
-mv "$DIR/ping-{peer}.tmp" "$DIR/ping-{peer}.out"
-mv "$DIR/ping-{peer}.rc.tmp" "$DIR/ping-{peer}.rc"
-echo "E2E: ping {peer} exited $(cat "$DIR/ping-{peer}.rc")"
-"#
-        ));
-    }
-    script
-}
-
-/// Waits for the report of `guest`'s ping of `peer` written by
-/// [`ping_all_script`], prints it, and fails unless every request was answered.
-fn expect_scripted_ping(guest: &mut Guest, peer: &str) {
-    let rc = guest.wait_file(&format!("ping-{peer}.rc"), Duration::from_secs(90));
-    let output = std::fs::read_to_string(guest.run_dir().join(format!("ping-{peer}.out")))
-        .unwrap_or_default();
-    match parse_ping(&output) {
-        Some(stats) => println!("{} -> {peer}: {stats}", guest.name()),
-        None => println!("{} -> {peer}: no ping summary", guest.name()),
-    }
-    if rc.trim() != "0" {
-        guest.fail(format!(
-            "guest {} could not ping {peer} (exit code {}):\n{output}",
-            guest.name(),
-            rc.trim()
-        ));
-    }
 }
 
 /// One switch serving every way in at once: a guest on the daemon
