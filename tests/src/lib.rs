@@ -1,6 +1,7 @@
 //! Support code for the end-to-end tests of uml-switch: starting the daemon,
 //! a test client that speaks the UML daemon protocol, a client of the bess
-//! (SOCK_SEQPACKET) transport, network namespaces, and User-Mode-Linux guests.
+//! (SOCK_SEQPACKET) transport, vde2's `vde_plug`, network namespaces,
+//! User-Mode-Linux guests and QEMU guests.
 
 pub mod bess;
 pub mod client;

@@ -1078,6 +1078,50 @@ impl Drop for Guest {
     }
 }
 
+/// A guest script that pings every address in `peers` (3 echo requests
+/// each, after waiting, bounded, for the peer to answer at all) and leaves
+/// `ping-ADDR.out` and `ping-ADDR.rc` in its run directory.
+pub fn ping_all_script(peers: &[&str]) -> String {
+    let mut script = String::new();
+    for peer in peers {
+        script.push_str(&format!(
+            r#"
+tries=0
+until ping -c 1 -W 1 {peer} >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ "$tries" -ge 60 ] && break
+    sleep 0.2
+done
+ping -c 3 -W 2 {peer} >"$DIR/ping-{peer}.tmp" 2>&1
+echo $? >"$DIR/ping-{peer}.rc.tmp"
+mv "$DIR/ping-{peer}.tmp" "$DIR/ping-{peer}.out"
+mv "$DIR/ping-{peer}.rc.tmp" "$DIR/ping-{peer}.rc"
+echo "E2E: ping {peer} exited $(cat "$DIR/ping-{peer}.rc")"
+"#
+        ));
+    }
+    script
+}
+
+/// Waits for the report of `guest`'s ping of `peer` written by
+/// [`ping_all_script`], prints it, and fails unless every request was answered.
+pub fn expect_scripted_ping(guest: &mut Guest, peer: &str) {
+    let rc = guest.wait_file(&format!("ping-{peer}.rc"), Duration::from_secs(90));
+    let output = std::fs::read_to_string(guest.run_dir().join(format!("ping-{peer}.out")))
+        .unwrap_or_default();
+    match parse_ping(&output) {
+        Some(stats) => println!("{} -> {peer}: {stats}", guest.name()),
+        None => println!("{} -> {peer}: no ping summary", guest.name()),
+    }
+    if rc.trim() != "0" {
+        guest.fail(format!(
+            "guest {} could not ping {peer} (exit code {}):\n{output}",
+            guest.name(),
+            rc.trim()
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1174,49 +1218,5 @@ mod tests {
             bess.net_option("/tmp/x/ctl"),
             "vec0:transport=bess,dst=/tmp/x/bess.sock,mac=02:00:00:00:00:03"
         );
-    }
-}
-
-/// A guest script that pings every address in `peers` (3 echo requests
-/// each, after waiting, bounded, for the peer to answer at all) and leaves
-/// `ping-ADDR.out` and `ping-ADDR.rc` in its run directory.
-pub fn ping_all_script(peers: &[&str]) -> String {
-    let mut script = String::new();
-    for peer in peers {
-        script.push_str(&format!(
-            r#"
-tries=0
-until ping -c 1 -W 1 {peer} >/dev/null 2>&1; do
-    tries=$((tries + 1))
-    [ "$tries" -ge 60 ] && break
-    sleep 0.2
-done
-ping -c 3 -W 2 {peer} >"$DIR/ping-{peer}.tmp" 2>&1
-echo $? >"$DIR/ping-{peer}.rc.tmp"
-mv "$DIR/ping-{peer}.tmp" "$DIR/ping-{peer}.out"
-mv "$DIR/ping-{peer}.rc.tmp" "$DIR/ping-{peer}.rc"
-echo "E2E: ping {peer} exited $(cat "$DIR/ping-{peer}.rc")"
-"#
-        ));
-    }
-    script
-}
-
-/// Waits for the report of `guest`'s ping of `peer` written by
-/// [`ping_all_script`], prints it, and fails unless every request was answered.
-pub fn expect_scripted_ping(guest: &mut Guest, peer: &str) {
-    let rc = guest.wait_file(&format!("ping-{peer}.rc"), Duration::from_secs(90));
-    let output = std::fs::read_to_string(guest.run_dir().join(format!("ping-{peer}.out")))
-        .unwrap_or_default();
-    match parse_ping(&output) {
-        Some(stats) => println!("{} -> {peer}: {stats}", guest.name()),
-        None => println!("{} -> {peer}: no ping summary", guest.name()),
-    }
-    if rc.trim() != "0" {
-        guest.fail(format!(
-            "guest {} could not ping {peer} (exit code {}):\n{output}",
-            guest.name(),
-            rc.trim()
-        ));
     }
 }
