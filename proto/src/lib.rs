@@ -32,7 +32,9 @@
 
 pub mod fdb;
 pub mod frame;
+pub mod impair;
 pub mod mac;
+pub mod pcap;
 pub mod port_numbers;
 pub mod stats;
 pub mod switch;
@@ -41,7 +43,9 @@ pub mod wire;
 
 pub use fdb::{Fdb, FdbConfig};
 pub use frame::{EthFrame, FrameError, MAX_FRAME_LEN, MIN_FRAME_LEN};
+pub use impair::{DropCause, Fate, Impair, ImpairConfig, ImpairStats};
 pub use mac::MacAddr;
+pub use pcap::PcapWriter;
 pub use port_numbers::PortNumbers;
 pub use stats::{DropReason, PortStats};
 pub use switch::{Announcement, PortId, Switch, SwitchConfig, SwitchError, SwitchStats, Verdict};
