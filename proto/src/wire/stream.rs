@@ -288,7 +288,11 @@ mod tests {
 
     #[test]
     fn oversize_message_says_what_to_do() {
-        let msg = RecordError::Oversize { len: 9000, max: 1518 }.to_string();
+        let msg = RecordError::Oversize {
+            len: 9000,
+            max: 1518,
+        }
+        .to_string();
         assert!(msg.contains("9000") && msg.contains("1518"), "{msg}");
         assert!(msg.contains("raise the maximum"), "{msg}");
     }
@@ -341,10 +345,8 @@ mod tests {
             let mut dec = RecordDecoder::new(64);
             for r in &reads {
                 dec.push(r);
-                for rec in std::iter::from_fn(|| dec.next_record()) {
-                    if let Ok(f) = rec {
-                        prop_assert!(!f.is_empty() && f.len() <= 64);
-                    }
+                for f in std::iter::from_fn(|| dec.next_record()).flatten() {
+                    prop_assert!(!f.is_empty() && f.len() <= 64);
                 }
                 prop_assert!(dec.buffered() <= 64 + 1);
             }

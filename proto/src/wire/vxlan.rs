@@ -91,9 +91,15 @@ mod tests {
 
     #[test]
     fn header_layout() {
-        assert_eq!(encode_header(0x12_3456), [0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]);
+        assert_eq!(
+            encode_header(0x12_3456),
+            [0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]
+        );
         assert_eq!(encode_header(1), [0x08, 0, 0, 0, 0, 0, 1, 0]);
-        assert_eq!(encode_header(VNI_LIMIT - 1), [0x08, 0, 0, 0, 0xff, 0xff, 0xff, 0]);
+        assert_eq!(
+            encode_header(VNI_LIMIT - 1),
+            [0x08, 0, 0, 0, 0xff, 0xff, 0xff, 0]
+        );
     }
 
     #[test]
