@@ -142,8 +142,23 @@ fn run(cli: &Cli) -> Result<(), PlugError> {
     let a = a_spec.open(&a_text, &ender)?;
     let b = b_spec.open(&b_text, &ender)?;
     let (forward, backward) = pump::start(a, b, &config, seed, &ender);
+    if cli.stats && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        // A live line on a terminal; the final counters follow at exit.
+        let (forward, backward) = (forward.clone(), backward.clone());
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            eprint!(
+                "\ruml-plug: -> {} | <- {}   ",
+                forward.summary(),
+                backward.summary()
+            );
+        });
+    }
     let end = ended.recv().expect("the pump reports how it ends");
     if cli.stats {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!();
+        }
         eprintln!("uml-plug: {a_text} -> {b_text}: {}", forward.summary());
         eprintln!("uml-plug: {b_text} -> {a_text}: {}", backward.summary());
         if !config.is_transparent() {
