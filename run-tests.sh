@@ -23,8 +23,9 @@ pkg_installed() {
 
 # The Debian packages the tests use: UML guests (user-mode-linux, with
 # iproute2, iputils-ping and a static busybox inside them), vde2's tools as
-# real clients, and QEMU (whose test guest's initramfs needs the static
-# busybox too; busybox-static replaces Debian's dynamic busybox).
+# real clients, QEMU (whose test guest's initramfs needs the static
+# busybox too; busybox-static replaces Debian's dynamic busybox), and
+# tcpdump, which reads uml-plug's captures.
 required=(
     user-mode-linux
     iproute2
@@ -32,6 +33,7 @@ required=(
     busybox-static
     vde2
     qemu-system-x86
+    tcpdump
 )
 
 missing=()

@@ -65,17 +65,23 @@ pub(super) fn open_udp(
 struct VxlanRx {
     socket: UdpSocket,
     vni: u32,
+    /// Only datagrams from this address count; from any source port, since
+    /// a VTEP (a Linux vxlan interface) sends from a per-flow port.
+    peer: std::net::IpAddr,
     datagram: Vec<u8>,
 }
 
 impl FrameRx for VxlanRx {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
-            let n = match self.socket.recv(&mut self.datagram) {
-                Ok(n) => n,
+            let (n, from) = match self.socket.recv_from(&mut self.datagram) {
+                Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => return Err(e),
             };
+            if from.ip() != self.peer {
+                continue;
+            }
             // Other VNIs and malformed headers are not for this cable.
             if let Ok((vni, inner)) = vxlan::decode(&self.datagram[..n]) {
                 if vni == self.vni {
@@ -90,6 +96,7 @@ impl FrameRx for VxlanRx {
 
 struct VxlanTx {
     socket: UdpSocket,
+    remote: SocketAddr,
     datagram: Vec<u8>,
 }
 
@@ -97,7 +104,7 @@ impl FrameTx for VxlanTx {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         self.datagram.truncate(VXLAN_HEADER_LEN);
         self.datagram.extend_from_slice(frame);
-        match self.socket.send(&self.datagram) {
+        match self.socket.send_to(&self.datagram, self.remote) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
             Err(e) => Err(e),
@@ -112,7 +119,12 @@ pub(super) fn open_vxlan(
     remote: SocketAddr,
     vni: u32,
 ) -> Result<Halves, PlugError> {
-    let socket = bind(text, local, remote)?;
+    // Not connected: the peer may answer from any source port.
+    let socket = UdpSocket::bind(local).map_err(|source| PlugError::Open {
+        endpoint: text.into(),
+        hint: open_hint(&source),
+        source,
+    })?;
     let tx = socket.try_clone().map_err(|source| PlugError::Open {
         endpoint: text.into(),
         hint: "",
@@ -124,10 +136,12 @@ pub(super) fn open_vxlan(
         Box::new(VxlanRx {
             socket,
             vni,
+            peer: remote.ip(),
             datagram: vec![0; VXLAN_HEADER_LEN + MAX_FRAME_LEN + 1],
         }),
         Box::new(VxlanTx {
             socket: tx,
+            remote,
             datagram: header,
         }),
     ))
