@@ -31,8 +31,36 @@ Examples:
   uml-plug --loss 5 --delay 40 --seed 1 uml:///run/a.ctl vde:///run/vde
   uml-plug uml:///run/a.ctl 'vxlan://192.0.2.2?vni=42&local=192.0.2.1'";
 
+/// A setting for both directions (`VALUE`), or for each (`A2B:B2A`: first
+/// endpoint to second, then second to first).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PerDirection<T>(pub T, pub T);
+
+impl<T: Copy + std::str::FromStr> PerDirection<T> {
+    fn parse(text: &str) -> Result<Self, String> {
+        let value = |v: &str| {
+            v.trim()
+                .parse::<T>()
+                .map_err(|_| format!("`{v}` is not a number"))
+        };
+        match text.split_once(':') {
+            None => value(text).map(|v| PerDirection(v, v)),
+            Some((a, b)) => Ok(PerDirection(value(a)?, value(b)?)),
+        }
+    }
+
+    /// Direction 0 (first → second) or 1 (second → first).
+    fn get(&self, direction: usize) -> T {
+        if direction == 0 {
+            self.0
+        } else {
+            self.1
+        }
+    }
+}
+
 /// A cable between two network endpoints, with optional link emulation
-/// (applied to both directions).
+/// (each option for both directions, or `A2B:B2A`).
 #[derive(Debug, Parser)]
 #[command(name = "uml-plug", version, after_help = EXAMPLES)]
 pub struct Cli {
@@ -41,29 +69,29 @@ pub struct Cli {
     #[arg(required = true, num_args = 1.., value_name = "ENDPOINT")]
     pub endpoints: Vec<String>,
     /// Percentage of frames lost.
-    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
-    pub loss: f64,
+    #[arg(long, value_name = "PCT[:PCT]", default_value = "0", value_parser = PerDirection::<f64>::parse)]
+    pub loss: PerDirection<f64>,
     /// Delay in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    pub delay: u64,
+    #[arg(long, value_name = "MS[:MS]", default_value = "0", value_parser = PerDirection::<u64>::parse)]
+    pub delay: PerDirection<u64>,
     /// Delay variation in milliseconds (uniform, ±).
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    pub jitter: u64,
+    #[arg(long, value_name = "MS[:MS]", default_value = "0", value_parser = PerDirection::<u64>::parse)]
+    pub jitter: PerDirection<u64>,
     /// Percentage of frames duplicated.
-    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
-    pub dup: f64,
+    #[arg(long, value_name = "PCT[:PCT]", default_value = "0", value_parser = PerDirection::<f64>::parse)]
+    pub dup: PerDirection<f64>,
     /// Percentage of frames delivered out of order.
-    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
-    pub reorder: f64,
-    /// Percentage of frames with one byte corrupted.
-    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
-    pub corrupt: f64,
-    /// Link rate in bits per second (frames queue, then drop).
-    #[arg(long, value_name = "BITS_PER_SEC")]
-    pub rate: Option<u64>,
-    /// Largest frame carried; longer ones are dropped.
-    #[arg(long, value_name = "BYTES")]
-    pub mtu: Option<usize>,
+    #[arg(long, value_name = "PCT[:PCT]", default_value = "0", value_parser = PerDirection::<f64>::parse)]
+    pub reorder: PerDirection<f64>,
+    /// Percentage of frames with one bit flipped.
+    #[arg(long, value_name = "PCT[:PCT]", default_value = "0", value_parser = PerDirection::<f64>::parse)]
+    pub corrupt: PerDirection<f64>,
+    /// Link rate in bits per second (frames queue, then drop); 0 = unlimited.
+    #[arg(long, value_name = "BPS[:BPS]", default_value = "0", value_parser = PerDirection::<u64>::parse)]
+    pub rate: PerDirection<u64>,
+    /// Largest frame carried, longer ones are dropped; 0 = no limit.
+    #[arg(long, value_name = "BYTES[:BYTES]", default_value = "0", value_parser = PerDirection::<usize>::parse)]
+    pub mtu: PerDirection<usize>,
     /// Frames in flight per direction before new ones are dropped.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_in_flight: usize,
@@ -76,20 +104,24 @@ pub struct Cli {
 }
 
 impl Cli {
-    fn impair_config(&self) -> Result<ImpairConfig, PlugError> {
-        let config = ImpairConfig {
-            loss_pct: self.loss,
-            dup_pct: self.dup,
-            reorder_pct: self.reorder,
-            corrupt_pct: self.corrupt,
-            delay: Duration::from_millis(self.delay),
-            jitter: Duration::from_millis(self.jitter),
-            rate_bps: self.rate,
-            mtu: self.mtu,
-            max_in_flight: self.max_in_flight,
+    /// The link model of each direction: (first → second, second → first).
+    fn impair_configs(&self) -> Result<(ImpairConfig, ImpairConfig), PlugError> {
+        let config = |d: usize| {
+            let config = ImpairConfig {
+                loss_pct: self.loss.get(d),
+                dup_pct: self.dup.get(d),
+                reorder_pct: self.reorder.get(d),
+                corrupt_pct: self.corrupt.get(d),
+                delay: Duration::from_millis(self.delay.get(d)),
+                jitter: Duration::from_millis(self.jitter.get(d)),
+                rate_bps: Some(self.rate.get(d)).filter(|&r| r > 0),
+                mtu: Some(self.mtu.get(d)).filter(|&m| m > 0),
+                max_in_flight: self.max_in_flight,
+            };
+            config.validate().map_err(PlugError::Usage)?;
+            Ok(config)
         };
-        config.validate().map_err(PlugError::Usage)?;
-        Ok(config)
+        Ok((config(0)?, config(1)?))
     }
 
     /// The two endpoints as written: `A`, `A B`, or `A = COMMAND...`.
@@ -132,7 +164,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), PlugError> {
-    let config = cli.impair_config()?;
+    let configs = cli.impair_configs()?;
     let (a_text, b_text) = cli.endpoint_texts()?;
     let (a_spec, b_spec) = (Spec::parse(&a_text)?, Spec::parse(&b_text)?);
     let seed = cli
@@ -141,7 +173,7 @@ fn run(cli: &Cli) -> Result<(), PlugError> {
     let (ender, ended) = mpsc::channel();
     let a = a_spec.open(&a_text, &ender)?;
     let b = b_spec.open(&b_text, &ender)?;
-    let (forward, backward) = pump::start(a, b, &config, seed, &ender);
+    let (forward, backward) = pump::start(a, b, &configs, seed, &ender);
     if cli.stats && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         // A live line on a terminal; the final counters follow at exit.
         let (forward, backward) = (forward.clone(), backward.clone());
@@ -161,7 +193,7 @@ fn run(cli: &Cli) -> Result<(), PlugError> {
         }
         eprintln!("uml-plug: {a_text} -> {b_text}: {}", forward.summary());
         eprintln!("uml-plug: {b_text} -> {a_text}: {}", backward.summary());
-        if !config.is_transparent() {
+        if !(configs.0.is_transparent() && configs.1.is_transparent()) {
             eprintln!("uml-plug: link model seed {seed}");
         }
     }
@@ -173,5 +205,49 @@ fn run(cli: &Cli) -> Result<(), PlugError> {
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_apply_to_both_directions_or_each() {
+        assert_eq!(
+            PerDirection::<f64>::parse("10"),
+            Ok(PerDirection(10.0, 10.0))
+        );
+        assert_eq!(
+            PerDirection::<u64>::parse("100:0"),
+            Ok(PerDirection(100, 0))
+        );
+        assert!(PerDirection::<u64>::parse("x").is_err());
+        assert!(PerDirection::<u64>::parse("1:").is_err());
+    }
+
+    #[test]
+    fn endpoints_one_two_or_a_command() {
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("uml-plug").chain(args.iter().copied())).unwrap()
+        };
+        assert_eq!(
+            cli(&["a"]).endpoint_texts().unwrap(),
+            ("a".into(), "-".into())
+        );
+        assert_eq!(
+            cli(&["a", "b"]).endpoint_texts().unwrap(),
+            ("a".into(), "b".into())
+        );
+        assert_eq!(
+            cli(&["a", "=", "ssh", "h", "uml-plug", "b"])
+                .endpoint_texts()
+                .unwrap(),
+            ("a".into(), "cmd://ssh h uml-plug b".into())
+        );
+        assert!(cli(&["a", "b", "c"]).endpoint_texts().is_err());
+        let both = cli(&["--loss", "5:1", "a", "b"]).impair_configs().unwrap();
+        assert_eq!((both.0.loss_pct, both.1.loss_pct), (5.0, 1.0));
+        assert!(cli(&["--loss", "101", "a", "b"]).impair_configs().is_err());
     }
 }

@@ -78,13 +78,13 @@ impl Ord for Scheduled {
 }
 
 /// Starts both directions between `a` and `b`; each direction gets its own
-/// link model from `config` (seeded from `seed`, differently per
-/// direction). Whatever ends first is reported on `ender`. Returns the
+/// link model (`configs`: a → b, then b → a), seeded from `seed`
+/// differently per direction. Whatever ends first is reported on `ender`. Returns the
 /// counters of (a → b, b → a).
 pub fn start(
     a: Opened,
     b: Opened,
-    config: &ImpairConfig,
+    configs: &(ImpairConfig, ImpairConfig),
     seed: u64,
     ender: &Sender<End>,
 ) -> (Arc<DirectionStats>, Arc<DirectionStats>) {
@@ -103,7 +103,7 @@ pub fn start(
         format!("{a_name} -> {b_name}"),
         (a_name.clone(), a_rx),
         (b_name.clone(), b_tx),
-        config,
+        &configs.0,
         seed,
         epoch,
         ender,
@@ -112,7 +112,7 @@ pub fn start(
         format!("{b_name} -> {a_name}"),
         (b_name, b_rx),
         (a_name, a_tx),
-        config,
+        &configs.1,
         seed ^ 0x9e37_79b9_7f4a_7c15,
         epoch,
         ender,

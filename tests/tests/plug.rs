@@ -860,3 +860,100 @@ fn plug_exits_when_a_switch_goes_away_and_at_eof_on_stdin() {
         )),
     }
 }
+
+/// `--loss 100:0` loses everything from the first endpoint to the second
+/// and nothing the other way.
+#[test]
+fn options_can_differ_per_direction() {
+    let bench = Bench::start(&["--loss", "100:0", "--seed", "3"]);
+    for tag in 0..20 {
+        bench
+            .client_a
+            .send_frame(&tagged_frame(BROADCAST, mac(1), tag))
+            .unwrap_or_else(|e| bench.fail(format!("send: {e}")));
+        bench
+            .client_b
+            .send_frame(&tagged_frame(BROADCAST, mac(2), tag))
+            .unwrap_or_else(|e| bench.fail(format!("send: {e}")));
+    }
+    let mut a_got = 0;
+    while let Some(frame) = bench.client_a.recv_frame(Duration::from_millis(500)) {
+        if tag_from(&frame, mac(2)).is_some() {
+            a_got += 1;
+        }
+    }
+    let mut b_got = 0;
+    while let Some(frame) = bench.client_b.recv_frame(Duration::from_millis(500)) {
+        if tag_from(&frame, mac(1)).is_some() {
+            b_got += 1;
+        }
+    }
+    if (a_got, b_got) != (20, 0) {
+        bench.fail(format!(
+            "--loss 100:0: A got {a_got} of B's 20 frames (want 20), B got {b_got} of A's (want 0)"
+        ));
+    }
+}
+
+/// A VXLAN cable to two peers (two UDP sockets on loopback acting as
+/// VTEPs): broadcasts are replicated to both; once a MAC is seen behind
+/// one peer, unicast to it goes to that peer only.
+#[test]
+fn vxlan_to_two_peers_replicates_floods_and_learns_unicast() {
+    use std::net::UdpSocket;
+    let switch = Daemon::start(&[]);
+    let peer1 = UdpSocket::bind("127.0.0.2:0").expect("bind peer 1");
+    let peer2 = UdpSocket::bind("127.0.0.3:0").expect("bind peer 2");
+    let local = UdpSocket::bind("127.0.0.1:0").expect("find a free port");
+    let local_addr = local.local_addr().unwrap();
+    drop(local);
+    let url = format!(
+        "vxlan://{},{}?vni=77&local={local_addr}",
+        peer1.local_addr().unwrap(),
+        peer2.local_addr().unwrap()
+    );
+    let ctl = uml_url(switch.ctl_path());
+    let plug = Plug::spawn(None, &[&ctl, &url], &switch.dir().join("plug.log"));
+    if !wait_for_log(|| switch.stderr_log(), CONNECTED, 1, ATTACH_TIMEOUT) {
+        plug.fail(format!("the plug did not attach:\n{}", switch.logs()));
+    }
+    let client = Client::connect_abstract(switch.ctl_path()).expect("attach a client");
+    let recv_vxlan = |peer: &UdpSocket| -> Option<Vec<u8>> {
+        peer.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = peer.recv_from(&mut buf).ok()?;
+        assert_eq!(buf[0], 0x08, "VXLAN flags");
+        assert_eq!(&buf[4..7], &[0, 0, 77], "VNI 77");
+        Some(buf[8..n].to_vec())
+    };
+    // A broadcast reaches both peers.
+    let hello = tagged_frame(BROADCAST, mac(1), 1);
+    client.send_frame(&hello).expect("send");
+    assert_eq!(
+        recv_vxlan(&peer1),
+        Some(hello.clone()),
+        "{}",
+        plug.diagnostics()
+    );
+    assert_eq!(recv_vxlan(&peer2), Some(hello), "{}", plug.diagnostics());
+    // Peer 2 speaks from MAC 2: the plug learns it is behind peer 2.
+    let mut datagram = vec![0x08, 0, 0, 0, 0, 0, 77, 0];
+    datagram.extend(tagged_frame(mac(1), mac(2), 2));
+    peer2
+        .send_to(&datagram, local_addr)
+        .expect("send to the plug");
+    assert_eq!(
+        client
+            .recv_frame(Duration::from_secs(5))
+            .and_then(|f| tag_from(&f, mac(2))),
+        Some(2),
+        "{}",
+        plug.diagnostics()
+    );
+    // Unicast to MAC 2 goes to peer 2 only.
+    let to_2 = tagged_frame(mac(2), mac(1), 3);
+    client.send_frame(&to_2).expect("send");
+    assert_eq!(recv_vxlan(&peer2), Some(to_2), "{}", plug.diagnostics());
+    assert_eq!(recv_vxlan(&peer1), None, "unicast was replicated to peer 1");
+}

@@ -65,9 +65,10 @@ pub enum Spec {
         local: SocketAddr,
         remote: SocketAddr,
     },
-    /// `vxlan://REMOTE[:PORT]?vni=N&local=ADDR[:PORT]`: RFC 7348.
+    /// `vxlan://REMOTE[:PORT][,REMOTE...]?vni=N&local=ADDR[:PORT]`:
+    /// RFC 7348 to one or more unicast peers (head-end replication).
     Vxlan {
-        remote: SocketAddr,
+        remotes: Vec<SocketAddr>,
         local: SocketAddr,
         vni: u32,
     },
@@ -187,8 +188,15 @@ impl Spec {
 
     fn parse_vxlan(rest: &str, whole: &str) -> Result<Spec, PlugError> {
         use uml_switch_proto::wire::VXLAN_PORT;
-        let (remote, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let remote = socket_addr(remote, VXLAN_PORT, whole)?;
+        let (remotes, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let remotes = remotes
+            .split(',')
+            .map(|r| socket_addr(r, VXLAN_PORT, whole))
+            .collect::<Result<Vec<_>, _>>()?;
+        let remote = remotes[0];
+        if remotes.iter().any(|r| r.is_ipv4() != remote.is_ipv4()) {
+            return Err(bad(whole, "the peers mix IPv4 and IPv6"));
+        }
         let mut vni = 1;
         let mut local = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -217,7 +225,11 @@ impl Spec {
             };
             SocketAddr::new(any, VXLAN_PORT)
         });
-        Ok(Spec::Vxlan { remote, local, vni })
+        Ok(Spec::Vxlan {
+            remotes,
+            local,
+            vni,
+        })
     }
 
     /// Opens the endpoint. Parts that watch it on their own (a switch's
@@ -230,7 +242,11 @@ impl Spec {
             Spec::Cmd { command } => stream::open_command(text, command)?,
             Spec::Tap { name } => tap::open(text, name)?,
             Spec::Udp { local, remote } => net::open_udp(text, *local, *remote)?,
-            Spec::Vxlan { remote, local, vni } => net::open_vxlan(text, *local, *remote, *vni)?,
+            Spec::Vxlan {
+                remotes,
+                local,
+                vni,
+            } => net::open_vxlan(text, *local, remotes, *vni)?,
             Spec::Pcap { file } => pcap::open(text, file)?,
         };
         Ok(Opened {
@@ -292,9 +308,20 @@ mod tests {
         assert_eq!(
             Spec::parse("vxlan://10.1.0.2?vni=42&local=10.1.0.1").unwrap(),
             Spec::Vxlan {
-                remote: "10.1.0.2:4789".parse().unwrap(),
+                remotes: vec!["10.1.0.2:4789".parse().unwrap()],
                 local: "10.1.0.1:4789".parse().unwrap(),
                 vni: 42
+            }
+        );
+        assert_eq!(
+            Spec::parse("vxlan://10.1.0.2,10.1.0.3:8472").unwrap(),
+            Spec::Vxlan {
+                remotes: vec![
+                    "10.1.0.2:4789".parse().unwrap(),
+                    "10.1.0.3:8472".parse().unwrap()
+                ],
+                local: "0.0.0.0:4789".parse().unwrap(),
+                vni: 1
             }
         );
         assert_eq!(
