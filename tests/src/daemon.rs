@@ -28,18 +28,7 @@ pub const SWITCH_BINARY_NAME: &str = "uml-switch-under-test";
 /// binaries in `target/<profile>/`. Cargo builds the binary before running the
 /// integration tests of this crate.
 pub fn switch_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the running test executable");
-    let mut dir = exe.parent().expect("test executable has a directory");
-    if dir.ends_with("deps") {
-        dir = dir.parent().expect("deps/ has a parent");
-    }
-    let binary = dir.join(SWITCH_BINARY_NAME);
-    assert!(
-        binary.exists(),
-        "switch binary not found at {} (run the tests with cargo test -p uml-switch-tests)",
-        binary.display()
-    );
-    binary
+    crate::process::built_binary(SWITCH_BINARY_NAME)
 }
 
 /// How long [`SwitchProcess::start`] waits for the control socket to accept.
@@ -269,15 +258,8 @@ impl SwitchProcess {
             return Ok(());
         }
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
-        #[allow(unsafe_code)]
-        // SAFETY: kill() takes plain integers and touches no memory of ours.
-        // The PID is our own unreaped child, so it cannot have been recycled.
-        let rc = unsafe { libc::kill(pid, signal) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        // Our own unreaped child: the PID cannot have been recycled.
+        crate::process::kill(pid, signal)
     }
 
     /// Waits up to `timeout` for the switch to exit; `None` if it is still

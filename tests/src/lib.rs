@@ -8,6 +8,7 @@ pub mod client;
 pub mod daemon;
 pub mod netns;
 pub mod plug;
+pub mod process;
 pub mod qemu;
 pub mod uml;
 pub mod vde;

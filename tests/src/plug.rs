@@ -51,18 +51,7 @@ pub fn plug_binary() -> PathBuf {
     if let Some(program) = std::env::var_os(PLUG_OVERRIDE_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(program);
     }
-    let exe = std::env::current_exe().expect("path of the running test executable");
-    let mut dir = exe.parent().expect("test executable has a directory");
-    if dir.ends_with("deps") {
-        dir = dir.parent().expect("deps/ has a parent");
-    }
-    let binary = dir.join(PLUG_BINARY_NAME);
-    assert!(
-        binary.exists(),
-        "plug binary not found at {} (run the tests with cargo test -p uml-switch-tests)",
-        binary.display()
-    );
-    binary
+    crate::process::built_binary(PLUG_BINARY_NAME)
 }
 
 /// `uml://PATH` for a daemon-protocol control socket.
@@ -254,12 +243,8 @@ impl Plug {
             return;
         }
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
-        #[allow(unsafe_code)]
-        // SAFETY: kill() takes plain integers and touches no memory of ours.
-        // The PID is our own unreaped child, so it cannot have been recycled.
-        unsafe {
-            libc::kill(pid, signal);
-        }
+        // Our own unreaped child: the PID cannot have been recycled.
+        let _ = crate::process::kill(pid, signal);
     }
 
     /// SIGTERM, then waits up to `timeout` for the exit status.

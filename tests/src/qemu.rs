@@ -29,6 +29,7 @@
 //! and of QEMU's own log.  Dropping a [`QemuGuest`] kills the QEMU process
 //! (by its pid, only if it is still running) and removes its run directory.
 
+use crate::process::find_program;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -90,7 +91,7 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 /// already cached).  Never skips: the message names the missing packages.
 pub fn require_qemu_environment() {
     let mut missing = Vec::new();
-    if !crate_is_root() {
+    if !crate::process::is_root() {
         missing.push("root (effective uid 0)".to_string());
     }
     for program in ["ip", QEMU] {
@@ -134,24 +135,6 @@ pub fn require_qemu_environment() {
          them (these tests never skip). Missing: {}",
         missing.join(", ")
     );
-}
-
-#[allow(unsafe_code)]
-fn crate_is_root() -> bool {
-    // SAFETY: geteuid(2) takes no arguments, cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Looks `program` up in `$PATH` like a shell would.
-fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            fs::metadata(candidate)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 /// Whether the ELF64 little-endian executable at `path` has no `PT_INTERP`

@@ -24,6 +24,7 @@
 //! and of the switch's log.  Dropping a [`Guest`] or a [`SwitchProcess`]
 //! stops the processes this module started (and only those).
 
+use crate::process::{find_program, is_root};
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
@@ -92,34 +93,10 @@ pub fn require_uml_environment() {
     );
 }
 
-/// Whether the effective uid is 0.
-#[allow(unsafe_code)]
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) takes no arguments, cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Looks `program` up in `$PATH` like a shell would.
-fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            fs::metadata(candidate)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
 /// Sends `sig` to `pid` (a negative value names a process group).
 /// Returns whether the signal was delivered.
-#[allow(unsafe_code)]
 fn send_signal(pid: libc::pid_t, sig: libc::c_int) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions.  Callers pass only
-    // the pids (or process-group ids equal to the pids) of children this
-    // module spawned and has not reaped yet, so the ids cannot have been
-    // reused by unrelated processes.
-    unsafe { libc::kill(pid, sig) == 0 }
+    crate::process::kill(pid, sig).is_ok()
 }
 
 /// The process group of `pid`, from `/proc/PID/stat` (field 5).

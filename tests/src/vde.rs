@@ -416,20 +416,13 @@ impl Vde2Switch {
     }
 
     /// Sends `signal` to the switch, unless it has already been reaped.
-    #[allow(unsafe_code)]
     pub fn signal(&mut self, signal: libc::c_int) -> io::Result<()> {
         if self.try_status().is_some() {
             return Ok(());
         }
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
-        // SAFETY: kill() takes plain integers and touches no memory of ours.
-        // The PID is our own unreaped child, so it cannot have been recycled.
-        let rc = unsafe { libc::kill(pid, signal) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        // Our own unreaped child: the PID cannot have been recycled.
+        crate::process::kill(pid, signal)
     }
 
     /// Waits up to `timeout` for the switch to exit.
