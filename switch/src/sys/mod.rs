@@ -77,12 +77,12 @@ impl RecvBatch {
                 mem::size_of::<libc::sockaddr_un>(),
             );
         }
-        loop {
+        let received = retrying_eintr(|| {
             // SAFETY: `headers[..count]` point at `count` iovecs, each
             // covering a distinct `slot_len`-byte chunk of `slots`, and at
             // `count` sockaddr_un buffers of the size given in msg_namelen;
             // all of them outlive the call. The fd is valid (borrowed).
-            let n = unsafe {
+            unsafe {
                 libc::recvmmsg(
                     fd.as_raw_fd(),
                     self.headers.as_mut_ptr(),
@@ -90,16 +90,11 @@ impl RecvBatch {
                     libc::MSG_DONTWAIT,
                     ptr::null_mut(),
                 )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
             }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(0),
-                _ => return Err(err),
-            }
+        });
+        match received {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
         }
     }
 
@@ -194,25 +189,33 @@ impl SendBatch {
         if count == 0 {
             return Ok(0);
         }
-        loop {
+        retrying_eintr(|| {
             // SAFETY: `headers[..count]` point at `count` iovecs that cover
             // the caller's frames, which are borrowed for `'a` and so
             // outlive the call; the kernel only reads them. The fd is valid.
-            let n = unsafe {
+            unsafe {
                 libc::sendmmsg(
                     fd.as_raw_fd(),
                     self.headers.as_mut_ptr(),
                     count as libc::c_uint,
                     libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
                 )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
             }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
+        })
+    }
+}
+
+/// Runs a system call that returns a count or -1, again while it is
+/// interrupted by a signal.
+fn retrying_eintr(mut call: impl FnMut() -> libc::c_int) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }
