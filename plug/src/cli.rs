@@ -163,6 +163,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP end the cable like an EOF does, so that
+/// `--stats` still prints and the exit status is 0.
+fn stop_on_signals(ender: &mpsc::Sender<crate::endpoint::End>) -> Result<(), PlugError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| PlugError::Usage(format!("cannot handle signals: {e}")))?;
+    let ender = ender.clone();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _ = ender.send(crate::endpoint::End {
+                result: Ok(format!("stopped by signal {signal}")),
+            });
+        }
+    });
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<(), PlugError> {
     let configs = cli.impair_configs()?;
     let (a_text, b_text) = cli.endpoint_texts()?;
@@ -174,6 +191,7 @@ fn run(cli: &Cli) -> Result<(), PlugError> {
     let a = a_spec.open(&a_text, &ender)?;
     let b = b_spec.open(&b_text, &ender)?;
     let (forward, backward) = pump::start(a, b, &configs, seed, &ender);
+    stop_on_signals(&ender)?;
     if cli.stats && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         // A live line on a terminal; the final counters follow at exit.
         let (forward, backward) = (forward.clone(), backward.clone());
