@@ -11,11 +11,13 @@ use std::fs::File;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::process::ChildProcess;
 
 /// Name of the switch binary target built by this crate.
 pub const SWITCH_BINARY_NAME: &str = "uml-switch-under-test";
@@ -48,7 +50,7 @@ pub const EXIT_USAGE: i32 = 64;
 
 /// A running switch daemon, owned by the test.
 pub struct SwitchProcess {
-    child: Child,
+    process: ChildProcess,
     /// Kept open so that a switch watching stdin never sees EOF on it.
     _stdin: Option<ChildStdin>,
     /// Holds the logs and, for [`SwitchProcess::start`], the control socket.
@@ -56,7 +58,6 @@ pub struct SwitchProcess {
     ctl_path: PathBuf,
     /// `DIR` of a switch started with `--vde-dir DIR`.
     vde_dir: Option<PathBuf>,
-    status: Option<ExitStatus>,
 }
 
 impl SwitchProcess {
@@ -176,12 +177,11 @@ impl SwitchProcess {
             .spawn()?;
         let stdin = child.stdin.take();
         Ok(SwitchProcess {
-            child,
+            process: ChildProcess::new(child),
             _stdin: stdin,
             dir,
             ctl_path: ctl_path.to_owned(),
             vde_dir: None,
-            status: None,
         })
     }
 
@@ -224,7 +224,7 @@ impl SwitchProcess {
 
     /// Process ID of the switch.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Everything the switch wrote to stderr so far.
@@ -254,27 +254,13 @@ impl SwitchProcess {
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the switch, unless it has
     /// already been reaped (so the PID cannot belong to another process).
     pub fn signal(&mut self, signal: libc::c_int) -> io::Result<()> {
-        if self.try_status().is_some() {
-            return Ok(());
-        }
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
-        // Our own unreaped child: the PID cannot have been recycled.
-        crate::process::kill(pid, signal)
+        self.process.signal(signal)
     }
 
     /// Waits up to `timeout` for the switch to exit; `None` if it is still
     /// running then.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_status() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(POLL_INTERVAL);
-        }
+        self.process.wait_exit(timeout)
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit status.
@@ -286,10 +272,7 @@ impl SwitchProcess {
 
     /// The exit status if the process has exited (reaping it), else `None`.
     fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
+        self.process.try_status()
     }
 }
 
@@ -300,9 +283,7 @@ impl Drop for SwitchProcess {
         }
         let _ = self.signal(libc::SIGTERM);
         if self.wait_exit(TERM_GRACE).is_none() {
-            // Child::kill sends SIGKILL to this child's PID only.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.process.kill_and_reap();
         }
     }
 }

@@ -11,13 +11,14 @@
 //! sends SIGTERM to that one PID, waits a bounded time, then kills it; if
 //! the test is panicking, the log is printed first.
 
+use crate::process::ChildProcess;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -108,10 +109,9 @@ enum StdioMode {
 
 /// A running `uml-plug`, owned by the test.
 pub struct Plug {
-    child: Child,
+    process: ChildProcess,
     argv: Vec<OsString>,
     log: PathBuf,
-    status: Option<ExitStatus>,
 }
 
 impl Plug {
@@ -183,26 +183,33 @@ impl Plug {
         // The Command (and with it our copies of any pipe ends) is dropped
         // here, so a plug sees EOF as soon as its peer exits.
         Plug {
-            child,
+            process: ChildProcess::new(child),
             argv,
             log: log.to_path_buf(),
-            status: None,
         }
     }
 
     /// The plug's stdin, for [`Plug::spawn_piped`] (once).
     pub fn take_stdin(&mut self) -> ChildStdin {
-        self.child.stdin.take().expect("plug stdin is piped")
+        self.process
+            .child_mut()
+            .stdin
+            .take()
+            .expect("plug stdin is piped")
     }
 
     /// The plug's stdout, for [`Plug::spawn_piped`] (once).
     pub fn take_stdout(&mut self) -> ChildStdout {
-        self.child.stdout.take().expect("plug stdout is piped")
+        self.process
+            .child_mut()
+            .stdout
+            .take()
+            .expect("plug stdout is piped")
     }
 
     /// Process ID of the plug (`ip netns exec` execs, so it is the plug's).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The log file (stderr, and stdout unless piped).
@@ -217,34 +224,17 @@ impl Plug {
 
     /// The exit status if the plug has exited (reaping it), else `None`.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
+        self.process.try_status()
     }
 
     /// Waits up to `timeout` for the plug to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_status() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            sleep(POLL);
-        }
+        self.process.wait_exit(timeout)
     }
 
     /// Sends `signal` to the plug's PID, unless it has already been reaped.
     pub fn signal(&mut self, signal: libc::c_int) {
-        if self.try_status().is_some() {
-            return;
-        }
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
-        // Our own unreaped child: the PID cannot have been recycled.
-        let _ = crate::process::kill(pid, signal);
+        let _ = self.process.signal(signal);
     }
 
     /// SIGTERM, then waits up to `timeout` for the exit status.
@@ -285,9 +275,7 @@ impl Drop for Plug {
             return;
         }
         if self.terminate(TERM_GRACE).is_none() {
-            // Child::kill sends SIGKILL to this child's PID only.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.process.kill_and_reap();
         }
     }
 }

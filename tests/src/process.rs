@@ -53,3 +53,72 @@ pub fn built_binary(name: &str) -> PathBuf {
     );
     binary
 }
+
+/// A child process a test started: its exit status once reaped, and
+/// signals sent only while it is unreaped (so its PID cannot name another
+/// process). The switch, plug and vde2 wrappers are built on it.
+#[derive(Debug)]
+pub struct ChildProcess {
+    child: std::process::Child,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl ChildProcess {
+    /// Takes charge of `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        ChildProcess {
+            child,
+            status: None,
+        }
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child itself (to take its piped stdin or stdout).
+    pub fn child_mut(&mut self) -> &mut std::process::Child {
+        &mut self.child
+    }
+
+    /// The exit status if the process has exited (reaping it), else `None`.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Sends `signal`, unless the process has already been reaped.
+    pub fn signal(&mut self, signal: libc::c_int) -> io::Result<()> {
+        if self.try_status().is_some() {
+            return Ok(());
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
+        kill(pid, signal)
+    }
+
+    /// Waits up to `timeout` for the exit status; `None` if still running.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL (to this PID only) and reap, if still running; the status.
+    pub fn kill_and_reap(&mut self) -> Option<std::process::ExitStatus> {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
+        self.status
+    }
+}

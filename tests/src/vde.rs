@@ -13,12 +13,13 @@
 //! Every wait is bounded; dropping either stops the one process it started
 //! (by PID).
 
+use crate::process::ChildProcess;
 use std::fs::{self, File};
 use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -128,11 +129,10 @@ pub fn encode_record(frame: &[u8]) -> Vec<u8> {
 /// A running `vde_plug URL`, its stdin and stdout being the network.
 pub struct VdePlug {
     url: String,
-    child: Child,
+    process: ChildProcess,
     stdin: Option<ChildStdin>,
     frames: Receiver<Vec<u8>>,
     stderr: Arc<Mutex<Vec<u8>>>,
-    status: Option<ExitStatus>,
 }
 
 impl VdePlug {
@@ -207,11 +207,10 @@ impl VdePlug {
 
         Ok(VdePlug {
             url: url.to_owned(),
-            child,
+            process: ChildProcess::new(child),
             stdin,
             frames,
             stderr,
-            status: None,
         })
     }
 
@@ -222,7 +221,7 @@ impl VdePlug {
 
     /// Process ID of `vde_plug`.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Sends one frame into the network: a single `write()` of the whole
@@ -272,16 +271,13 @@ impl VdePlug {
 
     /// The exit status if `vde_plug` has exited (reaping it), else `None`.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
+        self.process.try_status()
     }
 
     /// Waits up to `timeout` for `vde_plug` to exit; `None` if it is still
     /// running then.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        poll_until(timeout, || self.try_status())
+        self.process.wait_exit(timeout)
     }
 
     /// Everything `vde_plug` wrote to stderr so far.
@@ -293,13 +289,7 @@ impl VdePlug {
     /// Kills `vde_plug` (SIGKILL to its PID) without closing its stdin
     /// first, and reaps it.
     pub fn kill(&mut self) -> Option<ExitStatus> {
-        if self.try_status().is_none() {
-            // Child::kill sends SIGKILL to this child's PID only; the child is
-            // not reaped yet, so the PID is still ours.
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
-        self.status
+        self.process.kill_and_reap()
     }
 
     /// Stops `vde_plug`: closes its stdin, waits [`EXIT_GRACE`], then kills
@@ -309,7 +299,7 @@ impl VdePlug {
         if self.wait_exit(EXIT_GRACE).is_none() {
             return self.kill();
         }
-        self.status
+        self.try_status()
     }
 }
 
@@ -333,11 +323,10 @@ pub fn wait_for_data_sockets(dir: &Path, count: usize, timeout: Duration) -> Opt
 /// (it exits on EOF there); its output goes to a log file.  It names data
 /// sockets `DIR/NNN.F` (port, switch fd).
 pub struct Vde2Switch {
-    child: Child,
+    process: ChildProcess,
     _stdin: Option<ChildStdin>,
     dir: PathBuf,
     log: PathBuf,
-    status: Option<ExitStatus>,
 }
 
 impl Vde2Switch {
@@ -366,11 +355,10 @@ impl Vde2Switch {
             .unwrap_or_else(|e| panic!("cannot start {VDE_SWITCH}: {e}"));
         let stdin = child.stdin.take();
         let mut switch = Vde2Switch {
-            child,
+            process: ChildProcess::new(child),
             _stdin: stdin,
             dir: dir.to_owned(),
             log: log.to_owned(),
-            status: None,
         };
         let ctl = dir.join("ctl");
         let ready = poll_until(timeout, || {
@@ -395,7 +383,7 @@ impl Vde2Switch {
 
     /// Process ID of the switch.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The switch's log so far, labelled, for failure messages.
@@ -409,25 +397,17 @@ impl Vde2Switch {
 
     /// The exit status if the switch has exited (reaping it), else `None`.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
+        self.process.try_status()
     }
 
     /// Sends `signal` to the switch, unless it has already been reaped.
     pub fn signal(&mut self, signal: libc::c_int) -> io::Result<()> {
-        if self.try_status().is_some() {
-            return Ok(());
-        }
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
-        // Our own unreaped child: the PID cannot have been recycled.
-        crate::process::kill(pid, signal)
+        self.process.signal(signal)
     }
 
     /// Waits up to `timeout` for the switch to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        poll_until(timeout, || self.try_status())
+        self.process.wait_exit(timeout)
     }
 }
 
@@ -438,8 +418,7 @@ impl Drop for Vde2Switch {
         }
         let _ = self.signal(libc::SIGTERM);
         if self.wait_exit(EXIT_GRACE).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.process.kill_and_reap();
         }
     }
 }
