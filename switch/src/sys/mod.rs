@@ -27,20 +27,13 @@ pub struct RecvBatch {
 impl RecvBatch {
     /// Room for `capacity` datagrams per call.
     pub fn new(capacity: usize) -> Self {
-        // SAFETY: mmsghdr, iovec and sockaddr_un are plain C structs for
-        // which all-zero bytes are a valid value.
-        let zero_hdr: libc::mmsghdr = unsafe { mem::zeroed() };
-        // SAFETY: as above.
+        let (headers, iovecs) = empty_headers(capacity);
+        // SAFETY: sockaddr_un is a plain C struct for which all-zero bytes
+        // are a valid value.
         let zero_addr: libc::sockaddr_un = unsafe { mem::zeroed() };
         RecvBatch {
-            headers: vec![zero_hdr; capacity],
-            iovecs: vec![
-                libc::iovec {
-                    iov_base: ptr::null_mut(),
-                    iov_len: 0
-                };
-                capacity
-            ],
+            headers,
+            iovecs,
             sources: vec![zero_addr; capacity],
         }
     }
@@ -119,6 +112,18 @@ impl RecvBatch {
     }
 }
 
+/// `capacity` blank message headers and iovecs, pointing nowhere yet.
+fn empty_headers(capacity: usize) -> (Vec<libc::mmsghdr>, Vec<libc::iovec>) {
+    // SAFETY: mmsghdr is a plain C struct for which all-zero bytes are a
+    // valid value (null pointers, zero lengths).
+    let zero_hdr: libc::mmsghdr = unsafe { mem::zeroed() };
+    let empty_iov = libc::iovec {
+        iov_base: ptr::null_mut(),
+        iov_len: 0,
+    };
+    (vec![zero_hdr; capacity], vec![empty_iov; capacity])
+}
+
 /// Points one message header at one iovec and an address buffer of
 /// `name_len` bytes (null for none), with no control data.
 fn point_header(
@@ -147,18 +152,8 @@ pub struct SendBatch {
 impl SendBatch {
     /// Room for `capacity` datagrams per call.
     pub fn new(capacity: usize) -> Self {
-        // SAFETY: mmsghdr is a plain C struct; all-zero is a valid value.
-        let zero_hdr: libc::mmsghdr = unsafe { mem::zeroed() };
-        SendBatch {
-            headers: vec![zero_hdr; capacity],
-            iovecs: vec![
-                libc::iovec {
-                    iov_base: ptr::null_mut(),
-                    iov_len: 0
-                };
-                capacity
-            ],
-        }
+        let (headers, iovecs) = empty_headers(capacity);
+        SendBatch { headers, iovecs }
     }
 
     /// The most datagrams one call sends.
